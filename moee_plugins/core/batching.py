@@ -1,0 +1,108 @@
+"""Tokenisation under the truncation rule, and length-sorted batches under a row cap and a token budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .prompts import PromptTemplate
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _fallback_token(tokenizer) -> int:
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def truncate_inside(tokenizer, template: PromptTemplate, cleaned: str, max_length: int) -> list[int]:
+    """Token ids of ``template.wrap(text)`` cut to ``max_length`` by shortening the text, never the template.
+
+    With last-token pooling the template's end (``means in one word:"``) is what is read: cutting it
+    off a long document would silently destroy the embedding.
+    """
+    overhead = len(_encode(tokenizer, template.wrap("")))
+    if overhead >= max_length:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for text: the prompt template {template.name!r} alone takes "
+            f"{overhead} tokens"
+        )
+    fast = getattr(tokenizer, "is_fast", False)
+    encoded = tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=fast)
+    text_ids = list(encoded["input_ids"])
+    offsets = encoded.get("offset_mapping") if fast else None
+    keep = min(len(text_ids), max_length - overhead)
+    while keep > 0:
+        if offsets is not None:
+            prefix = cleaned[: offsets[keep - 1][1]]
+        else:
+            prefix = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+        ids = _encode(tokenizer, template.wrap(prefix))
+        if len(ids) <= max_length:
+            return ids
+        keep -= len(ids) - max_length  # token merges across the cut can add a few tokens; shave them
+    return _encode(tokenizer, template.wrap(""))
+
+
+def tokenize(tokenizer, template: PromptTemplate, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of every prompt; long texts are truncated inside the template, empty ones get one token."""
+    if not texts:
+        return []
+    cleaned = [template.clean(text) for text in texts]
+    ids = [list(row) for row in tokenizer([template.wrap(c) for c in cleaned], add_special_tokens=True)["input_ids"]]
+    for i, row in enumerate(ids):
+        if len(row) > max_length:
+            ids[i] = truncate_inside(tokenizer, template, cleaned[i], max_length)
+        elif not row:  # e.g. raw prompt on "": the model needs at least one position to read
+            ids[i] = [_fallback_token(tokenizer)]
+    return ids
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: int | None = None) -> list[list[int]]:
+    """Group indices longest first, so padding is minimal and out-of-memory shows up on the first batch.
+
+    A batch holds at most ``batch_size`` rows and, when set, at most ``max_tokens_per_batch`` padded
+    tokens (rows x longest row); a single row longer than the budget forms a batch of its own.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+        raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current:
+            longest = lengths[current[0]]
+            too_many_rows = len(current) >= batch_size
+            too_many_tokens = max_tokens_per_batch is not None and (len(current) + 1) * longest > max_tokens_per_batch
+            if too_many_rows or too_many_tokens:
+                batches.append(current)
+                current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), left-padded so position -1 is every row's last real token."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            input_ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row) :] = 1
+    return input_ids, attention_mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token, so padding never shifts a text's positions."""
+    return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
