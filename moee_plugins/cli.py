@@ -1,12 +1,21 @@
-"""The ``moee`` command line. Sub-commands: ``models`` (more come with later features)."""
+"""The ``moee`` command line.
+
+Each sub-command lives in ``moee_plugins/commands/<name>.py`` and exposes
+``register(subparsers) -> None``, which adds its parser and sets ``func`` to a callable taking the
+parsed arguments and returning an exit code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from .aliases import list_aliases
+
+# sub-command modules under moee_plugins.commands, in the order `moee --help` lists them
+COMMANDS = ("embed", "topics", "eval")
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -23,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list the moee:<alias> model names")
     models.set_defaults(func=_models)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"moee_plugins.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"moee_plugins.commands.{name}":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

@@ -33,7 +33,7 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "jetmoe": ("JetMoeConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "kv_channels": 16,
                                 "num_key_value_heads": 2}),
     "dbrx": ("DbrxConfig", {"d_model": 64, "n_heads": 4, "n_layers": 3,
-                            "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0},  # rope_theta: read by the attention in transformers 5
+                            "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
                             "ffn_config": {"moe_num_experts": 4, "moe_top_k": 2, "ffn_hidden_size": 32}}),
     "gpt_oss": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16,
                                  "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),

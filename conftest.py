@@ -1,0 +1,53 @@
+"""Shared fixtures for tests/ and integrations/: tiny local MoE models, never a download."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "tests" / "fixtures"
+PARITY_DIR = FIXTURES / "olmoe-parity"
+TINY_ALIAS = "tiny-olmoe"
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """The reference fixture: a tiny OLMoE checkpoint plus the paper code's outputs on it."""
+    return PARITY_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of the tiny OLMoE checkpoint (3 layers x 8 experts, hidden 64) with its tokenizer."""
+    target = tmp_path_factory.mktemp("tiny-olmoe") / "model"
+    shutil.copytree(PARITY_DIR / "model", target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_alias(tiny_model_dir: Path):
+    """``moee:tiny-olmoe``, an alias pointing at the tiny local model (as ``moee:olmoe`` points at the hub)."""
+    from moee_plugins import register_alias, unregister_alias
+
+    register_alias(TINY_ALIAS, str(tiny_model_dir), description="tiny local OLMoE for tests", overwrite=True)
+    yield f"moee:{TINY_ALIAS}"
+    unregister_alias(TINY_ALIAS)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_model_dir: Path):
+    """A ``sum``-mode embedder on the tiny model, calibrated on the built-in sentences."""
+    from moee_plugins import MoEEmbedder
+
+    embedder = MoEEmbedder(str(tiny_model_dir), mode="sum", device="cpu")
+    embedder.combine(embedder.encode_parts(["warm", "up"]))  # triggers the one-time calibration
+    return embedder

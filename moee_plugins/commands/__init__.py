@@ -1,0 +1,1 @@
+"""Sub-commands of the ``moee`` command line (see moee_plugins/cli.py)."""
