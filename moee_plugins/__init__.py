@@ -2,10 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .aliases import ModelAlias, get_alias, list_aliases, register_alias, unregister_alias  # noqa: E402
-from .core import MODES, PRESETS, MoEEmbedder, MoEEParts, PromptTemplate, Statistics  # noqa: E402
+from .aliases import ModelAlias, get_alias, list_aliases, register_alias, unregister_alias
+from .core import MODES, PRESETS, MoEEmbedder, MoEEParts, PromptTemplate, Statistics, calibration_sentences
 
 __all__ = [
     "MODES", "PRESETS", "ModelAlias", "MoEEParts", "MoEEmbedder", "PromptTemplate", "Statistics", "__version__",
+    "calibration_sentences",
     "get_alias", "list_aliases", "register_alias", "unregister_alias",
 ]

@@ -206,7 +206,8 @@ class RoutingCapture:
             logits = site.extract(module, inputs, output)
             if logits.numel() != batch * seq * site.num_experts:
                 raise RuntimeError(
-                    f"router {site.name} returned {tuple(logits.shape)}, expected {batch}x{seq} tokens x {site.num_experts} experts"
+                    f"router {site.name} returned {tuple(logits.shape)}, "
+                    f"expected {batch}x{seq} tokens x {site.num_experts} experts"
                 )
             scores = logits.reshape(batch, seq, site.num_experts).float()
             if self.routing == "probs":
