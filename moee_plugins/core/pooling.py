@@ -22,10 +22,9 @@ def mean_pool(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 def pool(values: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool ``values`` (batch, seq, dim) to (batch, dim) in float32."""
-    values = values.float()
+    """Pool ``values`` (batch, seq, dim) to (batch, dim) in float32 (selecting before casting: no full-size copy)."""
     if pooling == "last":
-        return last_token_pool(values, attention_mask)
+        return last_token_pool(values, attention_mask).float()
     if pooling == "mean":
-        return mean_pool(values, attention_mask)
+        return mean_pool(values.float(), attention_mask)
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

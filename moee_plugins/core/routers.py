@@ -209,12 +209,19 @@ class RoutingCapture:
                     f"router {site.name} returned {tuple(logits.shape)}, "
                     f"expected {batch}x{seq} tokens x {site.num_experts} experts"
                 )
-            scores = logits.reshape(batch, seq, site.num_experts).float()
-            if self.routing == "probs":
-                scores = torch.sigmoid(scores) if site.scoring == "sigmoid" else torch.softmax(scores, dim=-1)
-            self._pooled[position] = pool(scores, mask.to(scores.device), self.pooling)
+            scores = logits.reshape(batch, seq, site.num_experts)
+            if self.pooling == "last":  # scoring is per token: pool first, transform only what is kept
+                self._pooled[position] = self._score(pool(scores, mask, "last"), site)
+            else:
+                self._pooled[position] = pool(self._score(scores.float(), site), mask.to(scores.device), self.pooling)
 
         return hook
+
+    def _score(self, scores: torch.Tensor, site: RouterSite) -> torch.Tensor:
+        """Raw logits, or the model's own scoring over all experts (float32)."""
+        if self.routing == "logits":
+            return scores
+        return torch.sigmoid(scores) if site.scoring == "sigmoid" else torch.softmax(scores, dim=-1)
 
     @contextmanager
     def attached(self) -> Iterator[RoutingCapture]:
