@@ -10,3 +10,7 @@ __all__ = [
     "calibration_sentences",
     "get_alias", "list_aliases", "register_alias", "unregister_alias",
 ]
+
+from ._st_hook import activate as _activate_st_hook
+
+_activate_st_hook()  # SentenceTransformer("moee:...") once sentence-transformers is imported; never imports it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .prompts import PromptTemplate
@@ -92,15 +93,19 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: 
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), left-padded so position -1 is every row's last real token."""
+    """(input_ids, attention_mask), left-padded so position -1 is every row's last real token.
+
+    Filled in numpy: converting Python lists is ~10x faster there than with ``torch.as_tensor``, and
+    this runs once per batch on the critical path (a GPU waits for it).
+    """
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
-        if row:
-            input_ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+        if len(row):
+            input_ids[i, width - len(row) :] = row
             attention_mask[i, width - len(row) :] = 1
-    return input_ids, attention_mask
+    return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -237,6 +237,29 @@ class MoEEmbedder:
         token_ids = self.tokenize(items, prompt)
         return self._encode_token_ids(token_ids, batch_size, show_progress_bar)
 
+    def encode_token_ids(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        *,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> MoEEParts:
+        """The raw channels of already tokenised inputs (as :meth:`tokenize` returns them), in input order.
+
+        For frameworks that tokenise in one step and run the model in another (sentence-transformers).
+        """
+        if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
+            raise TypeError(f"token_ids must be a sequence of token-id sequences, got {type(token_ids).__name__}")
+        rows: list[list[int]] = []
+        for i, row in enumerate(token_ids):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+                raise TypeError(f"token_ids[{i}] must be a sequence of token ids, got {type(row).__name__}")
+            ids = [int(v) for v in row]
+            if not ids:
+                raise ValueError(f"token_ids[{i}] is empty: every input needs at least one token")
+            rows.append(ids)
+        return self._encode_token_ids(rows, batch_size, show_progress_bar)
+
     def encode(
         self,
         texts: str | Sequence[str],

@@ -1,0 +1,201 @@
+"""BERTopic backend: MoEE embeddings for topic modelling.
+
+``MoEEBackend`` is a ``bertopic.backend.BaseEmbedder``, so BERTopic's ``select_backend`` hands it
+through untouched (it never reaches the branch that replaces unknown objects with a downloaded
+default model). Every later call BERTopic makes to its embedding model -- ``transform``,
+``KeyBERTInspired``, ``MaximalMarginalRelevance``, ``find_topics``, zero-shot and guided topics,
+``merge_topics``/``reduce_topics`` -- goes through :meth:`MoEEBackend.embed`.
+
+Prompts for words: BERTopic compares words and search terms with documents and with topic vectors
+(means of document vectors) by cosine similarity, and ``KeyBERTInspired`` embeds its candidate words
+through ``embed_documents``, so words cannot be told apart from documents there. Words therefore get
+the embedder's own template (PromptEOL by default) unless ``word_prompt`` says otherwise: a MoEE
+vector depends strongly on the template around the text, and only one template keeps words,
+queries and documents in one space.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._extras import require
+from .core import MoEEmbedder, PromptTemplate
+from .core.prompts import prompt_to_config, resolve_prompt
+
+_backend = require("bertopic.backend", "bertopic")
+
+logger = logging.getLogger("moee_plugins")
+
+DEFAULT_MODEL = "moee:olmoe"
+BACKEND_CONFIG = "moee_backend.json"
+
+
+class MoEEBackend(_backend.BaseEmbedder):
+    """A BERTopic embedding backend that computes MoEE embeddings with a Mixture-of-Experts LLM.
+
+    Example:
+        >>> from bertopic import BERTopic
+        >>> from moee_plugins.bertopic import MoEEBackend
+        >>> topic_model = BERTopic(embedding_model=MoEEBackend("moee:olmoe", mode="sum"))  # doctest: +SKIP
+        >>> topics, probs = topic_model.fit_transform(docs)                                # doctest: +SKIP
+        >>> topic_model.find_topics("space exploration")                                  # doctest: +SKIP
+
+    Args:
+        model: ``"moee:<alias>"``, a hub id, a local directory, or an existing
+            :class:`~moee_plugins.MoEEmbedder` (then shared, not copied; pass no other options).
+        word_prompt: template for ``embed_words`` (BERTopic's words, search terms, MMR keywords);
+            ``None`` (default) uses the embedder's prompt so words and documents share one space.
+        **embedder_kwargs: options of :class:`~moee_plugins.MoEEmbedder` (``mode``, ``device``,
+            ``batch_size``, ``prompt``, ...).
+    """
+
+    def __init__(
+        self,
+        model: str | MoEEmbedder = DEFAULT_MODEL,
+        *,
+        word_prompt: str | PromptTemplate | None = None,
+        **embedder_kwargs: Any,
+    ) -> None:
+        if isinstance(model, MoEEmbedder):
+            if embedder_kwargs:
+                raise TypeError(
+                    f"MoEEBackend got an existing MoEEmbedder and embedder options {sorted(embedder_kwargs)}; "
+                    "configure the embedder itself, or pass a model name instead"
+                )
+            embedder = model
+        elif isinstance(model, str):
+            embedder = MoEEmbedder(model, **embedder_kwargs)
+        else:
+            raise TypeError(
+                "model must be 'moee:<alias>', a hub id, a local directory or a MoEEmbedder, "
+                f"got {type(model).__name__}"
+            )
+        super().__init__(embedding_model=embedder)
+        self.embedder: MoEEmbedder = embedder
+        self.word_prompt: PromptTemplate | None = None if word_prompt is None else resolve_prompt(word_prompt)
+
+    # ------------------------------------------------------------------ BaseEmbedder
+    def embed(self, documents: Sequence[str], verbose: bool = False) -> np.ndarray:
+        """float32 embeddings (N, dim) of ``documents`` in input order, with the embedder's prompt."""
+        return self._encode(documents, verbose, None)
+
+    def embed_documents(self, document: Sequence[str], verbose: bool = False) -> np.ndarray:
+        return self._encode(document, verbose, None)
+
+    def embed_words(self, words: Sequence[str], verbose: bool = False) -> np.ndarray:
+        """Words and search terms: the ``word_prompt`` template if set, else the documents' template."""
+        return self._encode(words, verbose, self.word_prompt)
+
+    def _encode(self, texts: Sequence[str], verbose: bool, prompt: PromptTemplate | None) -> np.ndarray:
+        if isinstance(texts, np.ndarray):
+            texts = texts.tolist()
+        vectors = self.embedder.encode(texts, show_progress_bar=bool(verbose), prompt=prompt)
+        return np.asarray(vectors, dtype=np.float32)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description: the embedder's config plus the word prompt."""
+        word_prompt = None if self.word_prompt is None else prompt_to_config(self.word_prompt)
+        return {"embedder": self.embedder.config, "word_prompt": word_prompt}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> MoEEBackend:
+        """Rebuild a backend from :attr:`config`; ``overrides`` go to :meth:`MoEEmbedder.from_config`
+        (e.g. ``device="cuda"``, or ``model=``/``tokenizer=`` to reuse loaded objects)."""
+        if not isinstance(config, dict) or "embedder" not in config:
+            raise ValueError("not a MoEEBackend config: expected a dict with an 'embedder' entry")
+        embedder = MoEEmbedder.from_config(config["embedder"], **overrides)
+        return cls(embedder, word_prompt=config.get("word_prompt"))
+
+    # The embedder holds a loaded model and a lock: copies share it (it is never mutated by the
+    # backend; BERTopic deep-copies the whole topic model in delete_topics), and pickles store
+    # only the config, so ``topic_model.save(path, serialization="pickle")`` stays small and loads.
+    def __copy__(self) -> MoEEBackend:
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MoEEBackend:
+        clone = self.__copy__()
+        memo[id(self)] = clone
+        return clone
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        return (_backend_from_config, (self.config,))
+
+    def __repr__(self) -> str:
+        return f"MoEEBackend({self.embedder!r})"
+
+
+def _backend_from_config(config: dict[str, Any]) -> MoEEBackend:
+    return MoEEBackend.from_config(config)
+
+
+def save_topic_model(
+    topic_model: Any,
+    path: str | Path,
+    *,
+    serialization: str = "safetensors",
+    save_ctfidf: bool = True,
+) -> Path:
+    """Save a fitted BERTopic model to the directory ``path`` with its MoEE backend's config.
+
+    BERTopic's safetensors format keeps topics, not the embedding model; this adds
+    ``moee_backend.json`` so :func:`load_topic_model` re-attaches the same backend (model,
+    mode, prompt, statistics) and ``transform``/``find_topics`` work after loading.
+    """
+    backend = topic_model.embedding_model
+    if not isinstance(backend, MoEEBackend):
+        raise TypeError(
+            f"save_topic_model needs a topic model whose embedding_model is a MoEEBackend, got {type(backend).__name__}"
+        )
+    if serialization not in ("safetensors", "pytorch"):
+        raise ValueError(f"serialization must be 'safetensors' or 'pytorch' (a directory), got {serialization!r}")
+    path = Path(path)
+    # save_embedding_model=True without a hub id writes no embedding_model entry, so loading never
+    # tries to fetch a sentence-transformers model by name.
+    topic_model.save(path, serialization=serialization, save_embedding_model=True, save_ctfidf=save_ctfidf)
+    (path / BACKEND_CONFIG).write_text(json.dumps(backend.config, indent=2), encoding="utf-8")
+    return path
+
+
+def load_topic_model(path: str | Path, embedding_model: Any = None, **overrides: Any) -> Any:
+    """Load a BERTopic model saved by :func:`save_topic_model`, with its MoEE backend re-attached.
+
+    ``embedding_model`` (a :class:`MoEEBackend`, :class:`MoEEmbedder` or model name) replaces the
+    saved backend; otherwise it is rebuilt from ``moee_backend.json`` and ``overrides`` go to
+    :meth:`MoEEmbedder.from_config` (e.g. ``device="cuda"``, ``model=`` a loaded model).
+    """
+    bertopic = require("bertopic", "bertopic")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no saved topic model directory at {path}")
+    if embedding_model is None:
+        config_path = path / BACKEND_CONFIG
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{config_path} is missing: save with moee_plugins.bertopic.save_topic_model, "
+                "or pass embedding_model=MoEEBackend(...)"
+            )
+        backend = MoEEBackend.from_config(json.loads(config_path.read_text(encoding="utf-8")), **overrides)
+    elif isinstance(embedding_model, MoEEBackend):
+        if overrides:
+            raise TypeError(f"options {sorted(overrides)} cannot apply to an existing MoEEBackend")
+        backend = embedding_model
+    else:
+        backend = MoEEBackend(embedding_model, **overrides)
+    return bertopic.BERTopic.load(str(path), embedding_model=backend)
+
+
+__all__ = ["BACKEND_CONFIG", "DEFAULT_MODEL", "MoEEBackend", "load_topic_model", "save_topic_model"]

@@ -1,0 +1,130 @@
+"""``moee eval``: MTEB in every MoEE mode from one forward pass per text; writes results/ and summary.md."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Evaluate a MoE LLM as a training-free embedding model on MTEB, in several MoEE modes at once.
+Each unique text runs through the model once; HS, RW, concat and sum are derived from its cached raw parts
+(cached on disk, so rerunning an interrupted command resumes it). Writes MTEB's result files, summary.md
+(the paper's table layout, with the published figures beside ours for the models the paper evaluated),
+summary.json and alphas.json to the output folder. MTEB tasks are downloaded when first used; in-memory
+tasks registered by a --task-module run offline.
+"""
+
+EXAMPLES = """\
+examples:
+  moee eval --model moee:olmoe --benchmark moee-paper --alpha auto -o results/
+  moee eval --model moee:qwen-moe --tasks STSBenchmark,SciDocsRR --modes hs,sum -o results/
+  moee eval --model ./my-moe --task-module my_tasks --tasks MyTask -o results/
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate on MTEB in every mode from one forward pass per text",
+        description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="moee:<alias>, a hub id or a local model directory")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tasks", help="comma-separated task names (registered in-process, else MTEB's)")
+    which.add_argument("--benchmark", choices=["moee-paper"], help="the paper's 19 MTEB tasks")
+    parser.add_argument("--task-module", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (dotted name or .py file) first, e.g. one that registers "
+                             "in-memory tasks; repeatable")
+    parser.add_argument("--modes", default="hs,rw,concat,sum", help="comma-separated: hs, rw, concat, sum")
+    parser.add_argument("--prompt", default="prompteol",
+                        help="prompteol, none, raw, or a template containing {text} (default: prompteol)")
+    parser.add_argument("--alpha", default="1.0",
+                        help="weight of cos(RW) in sum mode, or 'auto' to choose it per task without labels")
+    parser.add_argument("-o", "--output", default="results", help="output folder (default: results)")
+    parser.add_argument("--cache-dir", default=None, help="parts cache (default: <output>/parts-cache)")
+    parser.add_argument("--overwrite", action="store_true", help="re-run tasks whose results exist")
+    parser.add_argument("--keep-going", action="store_true", help="record a failing task and go on")
+    model = parser.add_argument_group("model options")
+    model.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: cuda if available)")
+    model.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    model.add_argument("--quantization", choices=["4bit", "8bit"], default=None)
+    model.add_argument("--routing", choices=["logits", "probs"], default=None,
+                       help="router scores (default: the alias's, else logits)")
+    model.add_argument("--layers", default=None, help="comma-separated decoder layers whose routers to use")
+    model.add_argument("--max-length", type=int, default=512)
+    model.add_argument("--batch-size", type=int, default=32)
+    model.add_argument("--max-tokens-per-batch", type=int, default=None)
+    model.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_main)
+
+
+def _embedder_kwargs(args: argparse.Namespace) -> dict:
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+    kwargs = {"device": args.device, "dtype": args.dtype, "quantization": args.quantization,
+              "routing": args.routing, "layers": layers, "max_length": args.max_length,
+              "batch_size": args.batch_size, "max_tokens_per_batch": args.max_tokens_per_batch,
+              "trust_remote_code": args.trust_remote_code}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _import_task_module(name: str) -> None:
+    """Import a module by dotted name (the working directory counts, as with ``python -m``) or from a .py file."""
+    if name.endswith(".py") or os.sep in name:
+        if not os.path.isfile(name):
+            raise ImportError(f"no task module file {name!r}")
+        spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.import_module(name)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..evaluation import parse_alpha, parse_modes, run
+
+    try:
+        for module in args.task_module:
+            _import_task_module(module)
+        parse_modes(args.modes)
+        parse_alpha(args.alpha)
+        kwargs = _embedder_kwargs(args)
+    except (ImportError, ValueError) as exc:
+        sys.stderr.write(f"moee eval: error: {exc}\n")
+        return 2
+    if args.no_progress:
+        try:
+            from datasets.utils.logging import disable_progress_bar
+        except ImportError:  # run() below names the missing extra
+            pass
+        else:
+            disable_progress_bar()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("moee_plugins").setLevel(logging.INFO)
+    try:
+        report = run(args.model, tasks=args.tasks, benchmark=args.benchmark, modes=args.modes, prompt=args.prompt,
+                     alpha=args.alpha, output_dir=args.output, cache_dir=args.cache_dir, overwrite=args.overwrite,
+                     raise_error=not args.keep_going, show_progress=not args.no_progress, embedder_kwargs=kwargs)
+    except (KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        sys.stderr.write(f"moee eval: error: {message}\n")
+        return 2
+    sys.stdout.write(report.to_markdown())
+    sys.stdout.write(f"\nwrote {report.summary_path}\n")
+    return 1 if any(task.errors for task in report.tasks) else 0

@@ -1,0 +1,98 @@
+"""LangChain adapter: a MoE LLM as a ``langchain_core.embeddings.Embeddings`` for vector stores and retrievers.
+
+Needs ``pip install "moee-plugins[langchain]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from ._adapters import build_embedder, check_prompt, embed_one, embed_texts
+from ._extras import require
+from .core import MoEEmbedder
+
+Embeddings = require("langchain_core.embeddings", "langchain").Embeddings
+_pydantic = require("pydantic", "langchain")
+BaseModel, ConfigDict, Field, PrivateAttr = (
+    _pydantic.BaseModel, _pydantic.ConfigDict, _pydantic.Field, _pydantic.PrivateAttr,
+)
+
+__all__ = ["MoEEmbeddings"]
+
+
+class MoEEmbeddings(BaseModel, Embeddings):
+    """MoEE embeddings (hidden state + routing weights of a Mixture-of-Experts LLM) for LangChain.
+
+    Example:
+        >>> from langchain_core.vectorstores import InMemoryVectorStore
+        >>> from moee_plugins.langchain import MoEEmbeddings
+        >>> embeddings = MoEEmbeddings(model="moee:olmoe", model_kwargs={"device": "cuda"})  # doctest: +SKIP
+        >>> store = InMemoryVectorStore.from_texts(["GPUs and printers", "The hockey team won."],
+        ...                                        embedding=embeddings)                     # doctest: +SKIP
+        >>> store.similarity_search("ice hockey", k=1)                                       # doctest: +SKIP
+
+    One loaded model can serve several adapters: ``MoEEmbeddings(embedder=existing_moee_embedder)``
+    wraps it without loading anything (``MoEEmbeddings(...).embedder`` hands it on).
+
+    ``query_prompt`` / ``document_prompt`` (a preset such as ``"prompteol"`` or a template with
+    ``{text}``) are applied to queries / documents; both default to the embedder's own prompt, so
+    queries and documents are embedded the same way unless you ask for an asymmetric setup.
+    ``model_kwargs`` go to :class:`moee_plugins.MoEEmbedder` when a model is loaded (``device``,
+    ``dtype``, ``quantization``, ``prompt``, ``max_length``, ``statistics``, ...).
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+
+    model: str | None = Field(default=None, description="'moee:<alias>', a hub id or a local directory.")
+    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(
+        default=None, description="hs / rw / concat / sum; None: 'sum', or the wrapped embedder's mode.")
+    alpha: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                description="Weight of cos(RW) in sum mode; None: 1.0 or the wrapped embedder's.")
+    query_prompt: str | None = Field(default=None, description="Prompt for queries; None: the embedder's prompt.")
+    document_prompt: str | None = Field(default=None,
+                                        description="Prompt for documents; None: the embedder's prompt.")
+    batch_size: int | None = Field(default=None, gt=0, description="Texts per forward pass; None: the embedder's.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra MoEEmbedder arguments.")
+    show_progress: bool = Field(default=False, description="Show a progress bar while embedding documents.")
+
+    _embedder: MoEEmbedder = PrivateAttr()
+
+    def __init__(self, *, embedder: MoEEmbedder | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        check_prompt(self.query_prompt, "query_prompt")
+        check_prompt(self.document_prompt, "document_prompt")
+        self._embedder = build_embedder("MoEEmbeddings", self.model, embedder, mode=self.mode, alpha=self.alpha,
+                                        model_kwargs=self.model_kwargs)
+        if embedder is not None:
+            self.model = embedder.config["model"]
+        self.mode = self.mode or self._embedder.mode
+        self.alpha = self._embedder.alpha if self.alpha is None else float(self.alpha)
+
+    @property
+    def embedder(self) -> MoEEmbedder:
+        """The core embedder, to share the loaded model with other adapters."""
+        return self._embedder
+
+    def _options(self, prompt: str | None, show_progress: bool) -> dict[str, Any]:
+        return {"mode": self.mode, "alpha": self.alpha, "prompt": prompt, "batch_size": self.batch_size,
+                "show_progress": show_progress}
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (with ``document_prompt``), batched through one core call; row i is text i."""
+        return embed_texts(self._embedder, texts, **self._options(self.document_prompt, self.show_progress))
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query (with ``query_prompt``)."""
+        return embed_one(self._embedder, text, **self._options(self.query_prompt, False))
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Like :meth:`embed_documents`, with the forward pass in a worker thread so the event loop keeps running.
+
+        The core serialises forward passes with a lock, so concurrent calls are safe.
+        """
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Like :meth:`embed_query`, in a worker thread (see :meth:`aembed_documents`)."""
+        return await asyncio.to_thread(self.embed_query, text)

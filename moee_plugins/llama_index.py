@@ -1,0 +1,95 @@
+"""LlamaIndex adapter: a MoE LLM as a ``BaseEmbedding`` for ``VectorStoreIndex`` and retrievers.
+
+Needs ``pip install "moee-plugins[llama-index]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from ._adapters import build_embedder, check_prompt, embed_one, embed_texts
+from ._extras import require
+from .core import MoEEmbedder
+
+BaseEmbedding = require("llama_index.core.base.embeddings.base", "llama-index").BaseEmbedding
+_pydantic = require("llama_index.core.bridge.pydantic", "llama-index")
+Field, PrivateAttr = _pydantic.Field, _pydantic.PrivateAttr
+
+__all__ = ["MoEEmbedding"]
+
+
+class MoEEmbedding(BaseEmbedding):
+    """MoEE embeddings (hidden state + routing weights of a Mixture-of-Experts LLM) for LlamaIndex.
+
+    Example:
+        >>> from llama_index.core import Document, Settings, VectorStoreIndex
+        >>> from moee_plugins.llama_index import MoEEmbedding
+        >>> Settings.embed_model = MoEEmbedding("moee:olmoe", model_kwargs={"device": "cuda"})  # doctest: +SKIP
+        >>> index = VectorStoreIndex.from_documents([Document(text="The hockey team won.")])  # doctest: +SKIP
+        >>> index.as_retriever(similarity_top_k=1).retrieve("ice hockey")                    # doctest: +SKIP
+
+    ``MoEEmbedding(embedder=existing_moee_embedder)`` wraps an already loaded core embedder, so one
+    model serves several adapters. ``query_prompt`` / ``document_prompt`` (a preset such as
+    ``"prompteol"`` or a template with ``{text}``) apply to queries / texts; both default to the
+    embedder's own prompt. Texts are embedded ``embed_batch_size`` at a time, each batch in one core call.
+    ``model_kwargs`` go to :class:`moee_plugins.MoEEmbedder` when a model is loaded.
+    """
+
+    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(
+        default=None, description="hs / rw / concat / sum; None: 'sum', or the wrapped embedder's mode.")
+    alpha: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                description="Weight of cos(RW) in sum mode; None: 1.0 or the wrapped embedder's.")
+    query_prompt: str | None = Field(default=None, description="Prompt for queries; None: the embedder's prompt.")
+    document_prompt: str | None = Field(default=None,
+                                        description="Prompt for texts/nodes; None: the embedder's prompt.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra MoEEmbedder arguments.")
+
+    _embedder: MoEEmbedder = PrivateAttr()
+
+    def __init__(self, model_name: str | None = None, *, embedder: MoEEmbedder | None = None, **kwargs: Any) -> None:
+        if "model" in kwargs:
+            raise TypeError("MoEEmbedding takes model_name=..., not model=...")
+        super().__init__(model_name=model_name if model_name is not None else "unknown", **kwargs)
+        check_prompt(self.query_prompt, "query_prompt")
+        check_prompt(self.document_prompt, "document_prompt")
+        self._embedder = build_embedder("MoEEmbedding", model_name, embedder, mode=self.mode, alpha=self.alpha,
+                                        model_kwargs=self.model_kwargs)
+        if embedder is not None:
+            self.model_name = embedder.config["model"]
+        self.mode = self.mode or self._embedder.mode
+        self.alpha = self._embedder.alpha if self.alpha is None else float(self.alpha)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "MoEEmbedding"
+
+    @property
+    def embedder(self) -> MoEEmbedder:
+        """The core embedder, to share the loaded model with other adapters."""
+        return self._embedder
+
+    def _options(self, prompt: str | None) -> dict[str, Any]:
+        return {"mode": self.mode, "alpha": self.alpha, "prompt": prompt, "batch_size": self.embed_batch_size,
+                "show_progress": False}
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return embed_one(self._embedder, query, **self._options(self.query_prompt))
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return embed_one(self._embedder, text, **self._options(self.document_prompt))
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        """One core call for the whole list (LlamaIndex hands over ``embed_batch_size`` texts at a time)."""
+        return embed_texts(self._embedder, texts, **self._options(self.document_prompt))
+
+    # The forward runs in a worker thread so the event loop keeps running; the core's lock makes
+    # concurrent calls safe.
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
