@@ -130,3 +130,19 @@ def test_out_of_memory_on_a_single_row_is_raised(tiny_embedder):
     embedder._forward = FlakyForward(embedder._forward, limit=0)
     with pytest.raises(torch.OutOfMemoryError):
         embedder.encode(TEXTS[:3], batch_size=4)
+
+
+def test_an_external_progress_bar_advances_batch_by_batch(tiny_embedder):
+    """`moee embed` shows one bar over many calls: the core advances it per batch, in rows."""
+
+    class Bar:
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def update(self, n: int) -> None:
+            self.steps.append(n)
+
+    bar = Bar()
+    texts = [f"document number {i} " + "word " * (i % 7) for i in range(10)]
+    parts = tiny_embedder.encode_parts(texts, batch_size=3, progress=bar)
+    assert bar.steps == [3, 3, 3, 1] and len(parts) == 10

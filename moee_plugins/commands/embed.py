@@ -269,13 +269,13 @@ def _run(args: argparse.Namespace) -> int:
         with tqdm(total=sharded.num_rows, initial=done_before, desc="Embedding", unit="doc",
                   disable=args.quiet) as progress:
             for shard in pending:
-                parts = embedder.encode_parts(texts[shard.start : shard.stop], show_progress_bar=False)
+                # the bar advances batch by batch inside the core; tqdm itself shows documents/s
+                parts = embedder.encode_parts(texts[shard.start : shard.stop], progress=progress)
                 sharded.write(shard, embedder.combine(parts))
                 documents += shard.rows
                 tokens += int(np.sum(parts.num_tokens))
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                progress.update(shard.rows)
-                progress.set_postfix(tokens_per_s=f"{tokens / elapsed:.0f}")  # tqdm itself shows documents/s
+                progress.set_postfix(tokens_per_s=f"{tokens / elapsed:.0f}")
     except KeyboardInterrupt:
         remaining = len(sharded.pending())
         _say(f"\nmoee embed: interrupted; {sharded.num_shards - remaining} of {sharded.num_shards} shards are saved "

@@ -231,11 +231,16 @@ class MoEEmbedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         prompt: str | PromptTemplate | None = None,
+        progress: Any = None,
     ) -> MoEEParts:
-        """The raw channels (HS and RW, unstandardised) of every text, in input order."""
+        """The raw channels (HS and RW, unstandardised) of every text, in input order.
+
+        ``progress``: an open tqdm bar (or anything with ``update(n)``) to advance batch by batch instead
+        of a bar of this call's own, e.g. one bar over a corpus encoded in several calls.
+        """
         items, _ = _check_texts(texts)
         token_ids = self.tokenize(items, prompt)
-        return self._encode_token_ids(token_ids, batch_size, show_progress_bar)
+        return self._encode_token_ids(token_ids, batch_size, show_progress_bar, progress)
 
     def encode_token_ids(
         self,
@@ -316,7 +321,7 @@ class MoEEmbedder:
 
     # ------------------------------------------------------------------ forward
     def _encode_token_ids(self, token_ids: list[list[int]], batch_size: int | None,
-                          show_progress_bar: bool | None) -> MoEEParts:
+                          show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
         n = len(token_ids)
         hidden = np.empty((n, self.hidden_dim), dtype=np.float32)
         routing = np.empty((n, self.routing_dim), dtype=np.float32)
@@ -333,9 +338,9 @@ class MoEEmbedder:
 
         capture = RoutingCapture(self.sites, self.pooling, self.routing)
         started, done_tokens = time.perf_counter(), 0
-        with self._lock, torch.inference_mode(), capture.attached(), tqdm(
-            total=n, desc="Encoding", unit="text", disable=not show_progress_bar
-        ) as progress:
+        own_bar = tqdm(total=n, desc="Encoding", unit="text", disable=progress is not None or not show_progress_bar)
+        progress = own_bar if progress is None else progress
+        with self._lock, torch.inference_mode(), capture.attached(), own_bar:
             while queue:
                 batch = queue.popleft()
                 if self._row_cap is not None and len(batch) > self._row_cap:
@@ -357,8 +362,9 @@ class MoEEmbedder:
                 routing[batch] = batch_routing
                 done_tokens += sum(lengths[i] for i in batch)
                 progress.update(len(batch))
-                progress.set_postfix(tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}",
-                                     refresh=False)
+                if progress is own_bar:  # an external bar's owner shows its own figures
+                    progress.set_postfix(tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}",
+                                         refresh=False)
         self._check_finite(hidden, routing)
         return MoEEParts(hidden, routing, np.asarray(lengths, dtype=np.int64), list(self.layout))
 
