@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ._options import add_model_options, embedder_kwargs
+
 DEFAULT_SHARD_SIZE = 1024
 
 
@@ -26,9 +28,6 @@ class EmbedError(Exception):
 
 def register(subparsers: Any) -> None:
     """Add the ``embed`` sub-command."""
-    from ..core import MODES
-    from ..core.loading import QUANTIZATIONS
-
     parser = subparsers.add_parser(
         "embed",
         help="embed a corpus into a .npy matrix or a .parquet table (resumable)",
@@ -39,16 +38,7 @@ def register(subparsers: Any) -> None:
                         help="corpus: .txt (one document a line), .jsonl (--text-field), .csv/.parquet (--text-column)")
     parser.add_argument("-o", "--output", required=True,
                         help="OUTPUT.npy (float32, one row per document) or OUTPUT.parquet (columns id, vector)")
-    parser.add_argument("--model", default="moee:olmoe", help="moee:<alias>, hub id or local directory (default: %(default)s)")
-    parser.add_argument("--mode", choices=MODES, default="sum", help="MoEE embedding mode (default: %(default)s)")
-    parser.add_argument("--prompt", default="prompteol",
-                        help="prompt preset (prompteol, none, raw) or a template with {text} (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="most documents per forward pass (default: %(default)s)")
-    parser.add_argument("--max-tokens-per-batch", type=int, default=None,
-                        help="most padded tokens (rows x longest) per forward pass (default: no budget)")
-    parser.add_argument("--max-length", type=int, default=512,
-                        help="tokens per document, prompt included; longer ones are cut inside the prompt "
-                        "(default: %(default)s)")
+    add_model_options(parser)
     parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
     parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
     parser.add_argument("--shard-size", type=int, default=None,
@@ -59,14 +49,6 @@ def register(subparsers: Any) -> None:
                         "is none")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUTPUT and discard an unfinished run's shards")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
-    parser.add_argument("--device-map", default=None,
-                        help="spread a model too large for one GPU over several: 'auto' (needs accelerate)")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
-                        help="load the model in 4 or 8 bits (CUDA, bitsandbytes); routers stay in full precision")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run a checkpoint's own modelling code (e.g. moee:deepseek-moe)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: this process (resumable); ray: a Ray cluster, OUTPUT is a directory of parquet "
@@ -102,11 +84,7 @@ def build_embedder(args: argparse.Namespace) -> Any:
     from ..core import MoEEmbedder
 
     try:
-        return MoEEmbedder(args.model, mode=args.mode, prompt=args.prompt, device=args.device, dtype=args.dtype,
-                           quantization=args.quantization, batch_size=args.batch_size,
-                           max_tokens_per_batch=args.max_tokens_per_batch, max_length=args.max_length,
-                           trust_remote_code=args.trust_remote_code,
-                           model_kwargs={"device_map": args.device_map} if args.device_map else None)
+        return MoEEmbedder(args.model, **embedder_kwargs(args))
     except (OSError, ValueError, TypeError, ImportError) as exc:  # unknown model/alias, bad prompt or dtype
         raise EmbedError(f"cannot load model {args.model!r}: {exc}") from exc
 
@@ -193,13 +171,12 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     from ..ray import embed_files
 
     try:
+        options = embedder_kwargs(args)
         summary = embed_files(
             str(args.input), str(args.output), args.model, text_field=args.text_field, text_column=args.text_column,
             id_field=args.id_field, address=args.address, concurrency=args.actors, num_gpus=args.num_gpus,
-            num_cpus=args.num_cpus, batch_size=args.ray_batch_size, forward_batch_size=args.batch_size,
-            overwrite=args.overwrite, progress=not args.quiet, mode=args.mode, prompt=args.prompt, device=args.device,
-            dtype=args.dtype, quantization=args.quantization, max_length=args.max_length,
-            max_tokens_per_batch=args.max_tokens_per_batch, trust_remote_code=args.trust_remote_code,
+            num_cpus=args.num_cpus, batch_size=args.ray_batch_size, forward_batch_size=options.pop("batch_size"),
+            overwrite=args.overwrite, progress=not args.quiet, **options,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:
         raise EmbedError(str(exc)) from exc

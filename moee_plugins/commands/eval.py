@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from ._options import add_model_options, embedder_kwargs
+
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate on MTEB in every mode from one forward pass per text",
         description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="moee:<alias>, a hub id or a local model directory")
+    add_model_options(parser, model_required=True, mode=False)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--tasks", help="comma-separated task names (registered in-process, else MTEB's)")
     which.add_argument("--benchmark", choices=["moee-paper"], help="the paper's 19 MTEB tasks")
@@ -42,41 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="import MODULE (dotted name or .py file) first, e.g. one that registers "
                              "in-memory tasks; repeatable")
     parser.add_argument("--modes", default="hs,rw,concat,sum", help="comma-separated: hs, rw, concat, sum")
-    parser.add_argument("--prompt", default="prompteol",
-                        help="prompteol, none, raw, or a template containing {text} (default: prompteol)")
     parser.add_argument("--alpha", default="1.0",
                         help="weight of cos(RW) in sum mode, or 'auto' to choose it per task without labels")
     parser.add_argument("-o", "--output", default="results", help="output folder (default: results)")
     parser.add_argument("--cache-dir", default=None, help="parts cache (default: <output>/parts-cache)")
     parser.add_argument("--overwrite", action="store_true", help="re-run tasks whose results exist")
     parser.add_argument("--keep-going", action="store_true", help="record a failing task and go on")
-    model = parser.add_argument_group("model options")
-    model.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: cuda if available)")
-    model.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
-    model.add_argument("--quantization", choices=["4bit", "8bit"], default=None)
-    model.add_argument("--routing", choices=["logits", "probs"], default=None,
-                       help="router scores (default: the alias's, else logits)")
-    model.add_argument("--layers", default=None, help="comma-separated decoder layers whose routers to use")
-    model.add_argument("--max-length", type=int, default=512)
-    model.add_argument("--batch-size", type=int, default=32)
-    model.add_argument("--max-tokens-per-batch", type=int, default=None)
-    model.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_main)
-
-
-def _embedder_kwargs(args: argparse.Namespace) -> dict:
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(x) for x in args.layers.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
-    kwargs = {"device": args.device, "dtype": args.dtype, "quantization": args.quantization,
-              "routing": args.routing, "layers": layers, "max_length": args.max_length,
-              "batch_size": args.batch_size, "max_tokens_per_batch": args.max_tokens_per_batch,
-              "trust_remote_code": args.trust_remote_code}
-    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _import_task_module(name: str) -> None:
@@ -103,7 +78,8 @@ def _main(args: argparse.Namespace) -> int:
             _import_task_module(module)
         parse_modes(args.modes)
         parse_alpha(args.alpha)
-        kwargs = _embedder_kwargs(args)
+        kwargs = embedder_kwargs(args)
+        kwargs.pop("prompt")  # run() takes the prompt itself
     except (ImportError, ValueError) as exc:
         sys.stderr.write(f"moee eval: error: {exc}\n")
         return 2

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ._options import add_model_options, embedder_kwargs
+
 logger = logging.getLogger("moee_plugins")
 
 MIN_DOCUMENTS = 10
@@ -41,9 +43,6 @@ class NoTopicsError(Exception):
 
 def register(subparsers: Any) -> None:
     """Add the ``topics`` sub-command."""
-    from ..core import MODES
-    from ..core.loading import QUANTIZATIONS
-
     parser = subparsers.add_parser(
         "topics",
         help="find the topics of a corpus (BERTopic on MoEE embeddings)",
@@ -53,10 +52,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("input", type=Path,
                         help="corpus: .txt (one document a line), .jsonl (--text-field), .csv/.parquet (--text-column)")
     parser.add_argument("-o", "--output", dest="outdir", type=Path, required=True, help="output directory")
-    parser.add_argument("--model", default="moee:olmoe", help="moee:<alias>, hub id or local directory (default: %(default)s)")
-    parser.add_argument("--mode", choices=MODES, default="sum", help="MoEE embedding mode (default: %(default)s)")
-    parser.add_argument("--prompt", default="prompteol",
-                        help="prompt preset (prompteol, none, raw) or a template with {text} (default: %(default)s)")
+    add_model_options(parser)
     parser.add_argument("--min-topic-size", type=int, default=None,
                         help=f"smallest topic (HDBSCAN min_cluster_size); default {DEFAULT_MIN_TOPIC_SIZE}, "
                         "lowered to max(2, documents // 10) for small corpora")
@@ -65,14 +61,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--top-n-words", type=int, default=10, help="words per topic (default: %(default)s)")
     parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
     parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per document, prompt included")
-    parser.add_argument("--max-tokens-per-batch", type=int, default=None,
-                        help="padded-token budget of a batch (default: rows only)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None, help="load the model in 4bit or 8bit")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
     parser.add_argument("--calibrate", choices=("builtin", "corpus"), default="builtin",
                         help="standardisation statistics: the built-in sentences, or this corpus (no extra pass)")
     parser.add_argument("--seed", type=int, default=42,
@@ -165,10 +153,7 @@ def _embed(args: argparse.Namespace, docs: list[str]) -> tuple[Any, np.ndarray]:
     from ..core import MoEEmbedder, Statistics
 
     try:
-        embedder = MoEEmbedder(args.model, mode=args.mode, prompt=args.prompt, device=args.device, dtype=args.dtype,
-                               quantization=args.quantization, batch_size=args.batch_size, max_length=args.max_length,
-                               max_tokens_per_batch=args.max_tokens_per_batch,
-                               trust_remote_code=args.trust_remote_code)
+        embedder = MoEEmbedder(args.model, **embedder_kwargs(args))
     except (OSError, ValueError, TypeError) as exc:  # unknown model or alias, bad prompt template, bad dtype
         raise TopicsError(f"cannot load model {args.model!r}: {exc}") from exc
     show = not args.quiet

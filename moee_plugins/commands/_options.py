@@ -1,0 +1,64 @@
+"""Model options shared by every sub-command, so ``moee embed``, ``topics`` and ``eval`` accept the same flags
+and build their embedder the same way."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool = False, mode: bool = True) -> None:
+    """``--model``, ``--prompt`` (and ``--mode``), then a group of loading and batching options."""
+    from ..core import MODES
+    from ..core.loading import QUANTIZATIONS
+    from ..core.routers import ROUTING_KINDS
+
+    if model_required:
+        parser.add_argument("--model", required=True, help="moee:<alias>, a hub id or a local model directory")
+    else:
+        parser.add_argument("--model", default="moee:olmoe",
+                            help="moee:<alias>, a hub id or a local model directory (default: %(default)s)")
+    if mode:
+        parser.add_argument("--mode", choices=MODES, default="sum", help="MoEE embedding mode (default: %(default)s)")
+    parser.add_argument("--prompt", default="prompteol",
+                        help="prompt preset (prompteol, none, raw) or a template with {text} (default: %(default)s)")
+    group = parser.add_argument_group("model options")
+    group.add_argument("--routing", choices=ROUTING_KINDS, default=None,
+                       help="router logits or the model's own expert probabilities (default: the alias's, else logits)")
+    group.add_argument("--layers", default=None, help="comma-separated decoder layers whose routers to use (default: all)")
+    group.add_argument("--batch-size", type=int, default=32, help="most documents per forward pass (default: %(default)s)")
+    group.add_argument("--max-tokens-per-batch", type=int, default=None,
+                       help="most padded tokens (rows x longest) per forward pass (default: no budget)")
+    group.add_argument("--max-length", type=int, default=512,
+                       help="tokens per document, prompt included; longer ones are cut inside the prompt "
+                       "(default: %(default)s)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA when present)")
+    group.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
+    group.add_argument("--device-map", default=None,
+                       help="spread a model too large for one GPU over several: 'auto' (needs accelerate)")
+    group.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                       help="load the model in 4 or 8 bits (CUDA, bitsandbytes); routers stay in full precision")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="run a checkpoint's own modelling code (e.g. moee:deepseek-moe)")
+
+
+def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``MoEEmbedder`` keyword arguments (besides the model) from :func:`add_model_options`' flags.
+
+    Raises ``ValueError`` on a malformed ``--layers``.
+    """
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+    kwargs: dict[str, Any] = {
+        "prompt": args.prompt, "routing": args.routing, "layers": layers, "batch_size": args.batch_size,
+        "max_tokens_per_batch": args.max_tokens_per_batch, "max_length": args.max_length, "device": args.device,
+        "dtype": args.dtype, "quantization": args.quantization, "trust_remote_code": args.trust_remote_code,
+        "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
+    }
+    if getattr(args, "mode", None) is not None:
+        kwargs["mode"] = args.mode
+    return kwargs
