@@ -63,9 +63,9 @@ def test_non_finite_model_output_raises_instead_of_returning_nan(tiny_embedder, 
     original = embedder._forward
 
     def poisoned(rows, capture):
-        hidden, routing = original(rows, capture)
-        hidden[0, 0] = np.nan
-        return hidden, routing
+        pooled = original(rows, capture).clone()
+        pooled[0, 0] = float("nan")
+        return pooled
 
     monkeypatch.setattr(embedder, "_forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite .* inputs \[\d\]"):

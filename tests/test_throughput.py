@@ -146,3 +146,15 @@ def test_an_external_progress_bar_advances_batch_by_batch(tiny_embedder):
     texts = [f"document number {i} " + "word " * (i % 7) for i in range(10)]
     parts = tiny_embedder.encode_parts(texts, batch_size=3, progress=bar)
     assert bar.steps == [3, 3, 3, 1] and len(parts) == 10
+
+
+def test_results_are_identical_whatever_the_host_copy_interval(tiny_embedder, monkeypatch):
+    """Pooled rows wait on the device and are copied in groups; every group lands in its own rows."""
+    texts = [f"text {i} " + "filler " * (i % 9) for i in range(23)]
+    reference = tiny_embedder.encode_parts(texts, batch_size=4)
+    monkeypatch.setattr("moee_plugins.core.embedder._FLUSH_ROWS", 5)
+    grouped = tiny_embedder.encode_parts(texts, batch_size=4)
+    np.testing.assert_array_equal(grouped.hidden, reference.hidden)
+    np.testing.assert_array_equal(grouped.routing, reference.routing)
+    single = np.stack([tiny_embedder.encode_parts([t]).routing[0] for t in texts[:3]])
+    np.testing.assert_allclose(grouped.routing[:3], single, atol=1e-4)

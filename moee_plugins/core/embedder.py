@@ -36,6 +36,7 @@ from .standardize import Statistics, calibration_sentences
 logger = logging.getLogger("moee_plugins")
 
 STANDARDIZE = ("auto", None)
+_FLUSH_ROWS = 4096  # pooled rows kept on the device between copies to the host
 CONFIG_KEYS = (
     "model", "tokenizer", "mode", "prompt", "pooling", "routing", "alpha", "layers", "standardize", "normalize",
     "dtype", "quantization", "max_length", "batch_size", "max_tokens_per_batch", "trust_remote_code", "model_kwargs",
@@ -338,6 +339,18 @@ class MoEEmbedder:
 
         capture = RoutingCapture(self.sites, self.pooling, self.routing)
         started, done_tokens = time.perf_counter(), 0
+        # pooled vectors stay on the device until a few thousand rows are pending: one copy (and one wait for
+        # the GPU) per flush instead of per batch, so the next batch is queued while the last one still runs
+        pending: list[tuple[list[int], torch.Tensor]] = []
+
+        def flush() -> None:
+            if pending:
+                rows_done = [i for batch_rows, _ in pending for i in batch_rows]
+                both = torch.cat([vectors for _, vectors in pending]).cpu().numpy()
+                hidden[rows_done] = both[:, : self.hidden_dim]
+                routing[rows_done] = both[:, self.hidden_dim :]
+                pending.clear()
+
         own_bar = tqdm(total=n, desc="Encoding", unit="text", disable=progress is not None or not show_progress_bar)
         progress = own_bar if progress is None else progress
         with self._lock, torch.inference_mode(), capture.attached(), own_bar:
@@ -347,7 +360,7 @@ class MoEEmbedder:
                     queue.extendleft(reversed([batch[i : i + self._row_cap] for i in range(0, len(batch), self._row_cap)]))
                     continue
                 try:
-                    batch_hidden, batch_routing = self._forward([token_ids[i] for i in batch], capture)
+                    pending.append((batch, self._forward([token_ids[i] for i in batch], capture)))
                 except torch.OutOfMemoryError:
                     if len(batch) == 1:
                         raise
@@ -358,18 +371,20 @@ class MoEEmbedder:
                         torch.cuda.empty_cache()
                     queue.appendleft(batch)
                     continue
-                hidden[batch] = batch_hidden
-                routing[batch] = batch_routing
+                if sum(len(done) for done, _ in pending) >= _FLUSH_ROWS:
+                    flush()
                 done_tokens += sum(lengths[i] for i in batch)
                 progress.update(len(batch))
                 if progress is own_bar:  # an external bar's owner shows its own figures
                     progress.set_postfix(tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}",
                                          refresh=False)
+            flush()
         self._check_finite(hidden, routing)
         return MoEEParts(hidden, routing, np.asarray(lengths, dtype=np.int64), list(self.layout))
 
-    def _forward(self, rows: list[list[int]], capture: RoutingCapture) -> tuple[np.ndarray, np.ndarray]:
-        """One forward pass; pooling happens on the device and only pooled vectors come back."""
+    def _forward(self, rows: list[list[int]], capture: RoutingCapture) -> torch.Tensor:
+        """One forward pass; pooling happens on the device. Returns [HS | RW] pooled, (rows, H + R) float32,
+        still on the device."""
         input_ids, attention_mask = left_pad(rows, self._pad_id)
         input_ids = input_ids.to(self._input_device)
         attention_mask = attention_mask.to(self._input_device)
@@ -379,8 +394,7 @@ class MoEEmbedder:
         last_hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
         pooled_hidden = pool(last_hidden, attention_mask.to(last_hidden.device), self.pooling)
         pooled_routing = capture.collect(pooled_hidden.device)
-        both = torch.cat([pooled_hidden, pooled_routing], dim=1).cpu().numpy()  # one device->host copy
-        return both[:, : self.hidden_dim], both[:, self.hidden_dim :]
+        return torch.cat([pooled_hidden, pooled_routing], dim=1)
 
     @staticmethod
     def _check_finite(hidden: np.ndarray, routing: np.ndarray) -> None:
