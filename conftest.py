@@ -18,6 +18,18 @@ PARITY_DIR = FIXTURES / "olmoe-parity"
 TINY_ALIAS = "tiny-olmoe"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the tiny model gains nothing from two, and on a shared, busy machine a
+    second thread waiting at every op's barrier makes the forward pass tens of times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     """The reference fixture: a tiny OLMoE checkpoint plus the paper code's outputs on it."""

@@ -96,3 +96,18 @@ def embed_one(embedder: MoEEmbedder, text: str, **options: Any) -> list[float]:
     if not isinstance(text, str):
         raise TypeError(f"expected a single string, got {type(text).__name__}: {text!r:.80}")
     return embed_texts(embedder, [text], **options)[0]
+
+
+def attach_embedder(adapter: Any, owner: str, model: str | None, embedder: MoEEmbedder | None,
+                    model_field: str) -> MoEEmbedder:
+    """Validate the adapter's prompts, build or reuse the core embedder, and fill the adapter's ``mode``/``alpha``
+    (and its model field when an embedder was wrapped) from it. Returns the embedder to keep."""
+    check_prompt(adapter.query_prompt, "query_prompt")
+    check_prompt(adapter.document_prompt, "document_prompt")
+    core = build_embedder(owner, model, embedder, mode=adapter.mode, alpha=adapter.alpha,
+                          model_kwargs=adapter.model_kwargs)
+    if embedder is not None:
+        setattr(adapter, model_field, embedder.config["model"])
+    adapter.mode = adapter.mode or core.mode
+    adapter.alpha = core.alpha if adapter.alpha is None else float(adapter.alpha)
+    return core

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from ._adapters import build_embedder, check_prompt, embed_one, embed_texts
+from ._adapters import attach_embedder, embed_one, embed_texts
 from ._extras import require
 from .core import MoEEmbedder
 
@@ -60,14 +60,7 @@ class MoEEmbeddings(BaseModel, Embeddings):
 
     def __init__(self, *, embedder: MoEEmbedder | None = None, **data: Any) -> None:
         super().__init__(**data)
-        check_prompt(self.query_prompt, "query_prompt")
-        check_prompt(self.document_prompt, "document_prompt")
-        self._embedder = build_embedder("MoEEmbeddings", self.model, embedder, mode=self.mode, alpha=self.alpha,
-                                        model_kwargs=self.model_kwargs)
-        if embedder is not None:
-            self.model = embedder.config["model"]
-        self.mode = self.mode or self._embedder.mode
-        self.alpha = self._embedder.alpha if self.alpha is None else float(self.alpha)
+        self._embedder = attach_embedder(self, "MoEEmbeddings", self.model, embedder, "model")
 
     @property
     def embedder(self) -> MoEEmbedder:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from ._adapters import build_embedder, check_prompt, embed_one, embed_texts
+from ._adapters import attach_embedder, embed_one, embed_texts
 from ._extras import require
 from .core import MoEEmbedder
 
@@ -51,14 +51,7 @@ class MoEEmbedding(BaseEmbedding):
         if "model" in kwargs:
             raise TypeError("MoEEmbedding takes model_name=..., not model=...")
         super().__init__(model_name=model_name if model_name is not None else "unknown", **kwargs)
-        check_prompt(self.query_prompt, "query_prompt")
-        check_prompt(self.document_prompt, "document_prompt")
-        self._embedder = build_embedder("MoEEmbedding", model_name, embedder, mode=self.mode, alpha=self.alpha,
-                                        model_kwargs=self.model_kwargs)
-        if embedder is not None:
-            self.model_name = embedder.config["model"]
-        self.mode = self.mode or self._embedder.mode
-        self.alpha = self._embedder.alpha if self.alpha is None else float(self.alpha)
+        self._embedder = attach_embedder(self, "MoEEmbedding", model_name, embedder, "model_name")
 
     @classmethod
     def class_name(cls) -> str:

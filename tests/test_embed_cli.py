@@ -6,22 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from moee_plugins import MoEEmbedder
 from moee_plugins.cli import main
 from moee_plugins.commands import embed as embed_command
 from moee_plugins.sharded import MANIFEST, ShardedOutput, ShardError, read_vectors, shard_dir_for
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from two, and on a shared, busy machine a second
-    thread waiting at every op's barrier makes the forward pass tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WORDS = ("hockey", "team", "printer", "graphics", "orbit", "shuttle", "doctor", "disease", "engine", "church", "faith",

@@ -14,15 +14,7 @@ import torch
 from moee_plugins import MoEEmbedder
 from moee_plugins.core.batching import left_pad, plan_batches
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from two, and on a shared, busy machine a second
-    thread waiting at every op's barrier makes the forward pass tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WORDS = ("hockey", "team", "printer", "graphics", "orbit", "shuttle", "doctor", "disease", "engine", "motorcycle",
