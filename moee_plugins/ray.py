@@ -3,25 +3,21 @@
 Needs ``pip install "moee-plugins[ray]"``. Importing this module does not import Ray; the functions that
 need it do, through :func:`moee_plugins._extras.require`.
 
-Three levels:
+Two levels (the file job, a corpus file -> parquet shards, is :func:`moee_plugins.io.ray_files.embed_files`):
 
 * :class:`MoEEPredictor`: the callable class for ``Dataset.map_batches`` (each actor loads the model once);
   :func:`predictor_kwargs` builds its ``fn_constructor_kwargs`` with calibration statistics computed once.
 * :func:`embed_dataset`: any ``ray.data.Dataset`` with a text column -> the same rows plus an ``embedding`` column.
-* :func:`embed_files`: a txt/jsonl/csv/parquet corpus (local path or any filesystem Ray reads) -> parquet
-  shards with ``id`` and ``vector`` columns, as ``moee embed`` writes (what ``moee embed --engine ray`` runs).
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,11 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
     from ray.data import Dataset
 
-__all__ = ["FORMATS", "MoEEPredictor", "embed_dataset", "embed_files", "predictor_kwargs", "read_corpus_dataset"]
+__all__ = ["MoEEPredictor", "embed_dataset", "predictor_kwargs"]
 
 logger = logging.getLogger("moee_plugins")
 
-FORMATS = ("txt", "jsonl", "csv", "parquet")
 _EMBEDDER_OPTIONS = frozenset(inspect.signature(MoEEmbedder.__init__).parameters) - {"self", "model", "tokenizer"}
 
 
@@ -75,7 +70,7 @@ def _build_embedder(model: str | None, config: Mapping[str, Any] | None, options
 
 
 def _column_texts(values: Sequence[Any], column: str) -> list[str]:
-    """Strings of a text column; a null becomes "" (as :func:`moee_plugins.core.corpus.read_corpus` reads it)."""
+    """Strings of a text column; a null becomes ""."""
     texts = []
     for i, value in enumerate(values):
         if value is None:
@@ -335,180 +330,3 @@ def embed_dataset(
     return ds.map_batches(MoEEPredictor, fn_constructor_kwargs=kwargs, compute=compute, batch_size=batch_size,
                           batch_format="pyarrow", num_gpus=num_gpus, num_cpus=num_cpus,
                           udf_modifying_row_count=False)
-
-
-def _format_of(path: str, input_format: str | None) -> str:
-    if input_format is not None:
-        fmt = input_format.lower().lstrip(".")
-        if fmt not in FORMATS:
-            raise ValueError(f"input_format must be one of {FORMATS}, got {input_format!r}")
-        return fmt
-    suffix = Path(path.rstrip("/")).suffix.lower().lstrip(".")
-    if suffix not in FORMATS:
-        raise ValueError(f"cannot tell the format of {path!r} from its name; use one of {FORMATS} "
-                         "as its extension or pass input_format=")
-    return suffix
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
-def read_corpus_dataset(
-    input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    *,
-    text_field: str = "text",
-    text_column: str | None = None,
-    id_field: str | None = None,
-    input_format: str | None = None,
-) -> Dataset:
-    """A corpus read with Ray's own readers, as a dataset with columns ``id`` and ``text``.
-
-    Rows are read as :func:`moee_plugins.core.corpus.read_corpus` reads them (a txt line per document,
-    empty lines kept). ``id`` is the value of ``id_field`` when given, else the row's position in the input
-    (files in the order Ray lists them), so output row ids match single-process ``moee embed``.
-    Paths may be files, directories (then give ``input_format``) or any URI Ray reads (``s3://``, ``gs://``).
-    """
-    ray = _ray()
-    ray_data = _ray_data()
-    paths = [os.fspath(p) for p in ([input_path] if isinstance(input_path, (str, os.PathLike)) else input_path)]
-    if not paths:
-        raise ValueError("no input path given")
-    formats = {_format_of(p, input_format) for p in paths}
-    if len(formats) > 1:
-        raise ValueError(f"the inputs mix formats {sorted(formats)}; embed one format at a time")
-    fmt = formats.pop()
-    for path in paths:
-        if _is_local(path) and not os.path.exists(path):
-            raise FileNotFoundError(f"no such corpus file or directory: {path}")
-    column = text_column or text_field
-    if fmt == "txt":
-        if column != "text":
-            raise ValueError("a txt corpus has one document a line: there is no text field to choose")
-        ds = ray_data.read_text(paths, drop_empty_lines=False)
-    elif fmt == "jsonl":
-        ds = ray_data.read_json(paths, lines=True, file_extensions=None)
-    elif fmt == "csv":
-        import pyarrow as pa
-        from pyarrow import csv
-
-        types = {column: pa.string(), **({id_field: pa.string()} if id_field else {})}
-        ds = ray_data.read_csv(paths, convert_options=csv.ConvertOptions(column_types=types), file_extensions=None)
-    else:
-        ds = ray_data.read_parquet(paths, file_extensions=None)
-    # blocks in file order, so a row's position is its id
-    ds.context.execution_options.preserve_order = True
-    columns = ds.columns()
-    for name, flag in ((column, "text_column" if fmt in ("csv", "parquet") else "text_field"), (id_field, "id_field")):
-        if name is not None and name not in columns:
-            raise ValueError(f"{paths[0]}: no column {name!r}; columns: {columns} (set {flag}=...)")
-    keep = [column] + ([id_field] if id_field and id_field != column else [])
-    blocks = ds.select_columns(keep).to_arrow_refs()
-
-    def add_ids(table: Any, start: int, text: str, ids: str | None) -> Any:  # runs in a worker; pickled by value
-        import pyarrow as pa
-
-        id_column = table.column(ids) if ids else pa.array(range(start, start + table.num_rows), type=pa.int64())
-        return pa.table({"id": id_column, "text": table.column(text)})
-
-    counts = ray.get([ray.remote(lambda t: t.num_rows).options(num_cpus=0.1).remote(ref) for ref in blocks])
-    if sum(counts) == 0:
-        raise ValueError(f"{paths[0]}: the corpus has no rows")
-    starts = [0, *itertools.accumulate(counts)][:-1]
-    task = ray.remote(add_ids).options(num_cpus=0.1)
-    refs = [task.remote(ref, start, column, id_field) for ref, start in zip(blocks, starts, strict=True)]
-    return ray_data.from_arrow_refs(refs)
-
-
-def embed_files(
-    input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    output_dir: str | os.PathLike[str],
-    model: str | None = None,
-    *,
-    embedder: MoEEmbedder | None = None,
-    text_field: str = "text",
-    text_column: str | None = None,
-    id_field: str | None = None,
-    input_format: str | None = None,
-    address: str | None = None,
-    concurrency: int | tuple[int, int] = 1,
-    num_gpus: float | None = None,
-    num_cpus: float | None = None,
-    batch_size: int = 256,
-    forward_batch_size: int | None = None,
-    rows_per_file: int | None = 100_000,
-    preserve_order: bool = True,
-    overwrite: bool = False,
-    calibration_texts: Sequence[str] | None = None,
-    calibrate_on: Literal["worker", "driver"] = "worker",
-    prompt: str | None = None,
-    progress: bool = True,
-    ray_init_kwargs: Mapping[str, Any] | None = None,
-    **embedder_options: Any,
-) -> dict[str, Any]:
-    """Embed a corpus on a Ray cluster and write parquet shards with columns ``id`` (int64 row position, or
-    the ``id_field`` values) and ``vector`` (``fixed_size_list<float32>[dim]``) under ``output_dir``: the
-    schema of single-process ``moee embed -o OUT.parquet``, so ``pyarrow.parquet.read_table(output_dir)``
-    gives the same table.
-
-    With ``preserve_order`` (default) the shards, read in file-name order, hold the rows in input order;
-    without it Ray writes whichever batch finishes first (rows still carry their ids). ``rows_per_file``
-    is a lower bound Ray aims for per shard. Other arguments are those of :func:`read_corpus_dataset`
-    and :func:`embed_dataset`; ``progress=False`` hides Ray Data's progress bars.
-
-    Joins the cluster at ``address`` (``"auto"``, ``"ray://head:10001"``; ``None``: the running cluster or a
-    new local one, as ``ray.init`` decides) unless Ray is already initialised; a cluster it started it also
-    shuts down. Returns a summary: ``rows``, ``dim``, ``files``, ``output_dir``, ``seconds``.
-
-    Example:
-        >>> from moee_plugins.ray import embed_files
-        >>> embed_files("docs.jsonl", "vectors/", "moee:olmoe", address="auto",
-        ...             concurrency=8, num_gpus=1)                                  # doctest: +SKIP
-        {'rows': 1000000, 'dim': 3072, 'files': [...], ...}
-    """
-    ray = _ray()
-    ray_data = _ray_data()
-    out = os.fspath(output_dir)
-    if _is_local(out) and os.path.isdir(out) and any(os.scandir(out)) and not overwrite:
-        raise FileExistsError(f"output directory {out} is not empty; choose another or pass overwrite=True")
-    if _is_local(out) and os.path.exists(out) and not os.path.isdir(out):
-        raise NotADirectoryError(f"output_dir {out} exists and is not a directory")
-    if rows_per_file is not None and (isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int)
-                                      or rows_per_file < 1):
-        raise ValueError(f"rows_per_file must be None or a positive integer, got {rows_per_file!r}")
-    for path in [input_path] if isinstance(input_path, (str, os.PathLike)) else input_path:
-        _format_of(os.fspath(path), input_format)  # fail on a bad format before starting a cluster
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, **dict(ray_init_kwargs or {}))
-    elif address is not None or ray_init_kwargs:
-        logger.warning("Ray is already initialised; ignoring address=%r and ray_init_kwargs", address)
-    context = ray_data.DataContext.get_current()
-    bars = context.enable_progress_bars
-    context.enable_progress_bars = bars and progress
-    try:
-        started = time.perf_counter()
-        ds = read_corpus_dataset(input_path, text_field=text_field, text_column=text_column, id_field=id_field,
-                                 input_format=input_format)
-        rows = ds.count()  # known from the block metadata
-        ds.context.execution_options.preserve_order = preserve_order  # this job's context, not the global one
-        vectors = embed_dataset(ds, text_column="text", model=model, embedder=embedder, output_column="vector",
-                                prompt=prompt, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus,
-                                batch_size=batch_size, forward_batch_size=forward_batch_size,
-                                calibration_texts=calibration_texts, calibrate_on=calibrate_on, **embedder_options)
-        mode = ray_data.SaveMode.OVERWRITE if overwrite else ray_data.SaveMode.APPEND
-        vectors.select_columns(["id", "vector"]).write_parquet(out, min_rows_per_file=rows_per_file, mode=mode)
-        seconds = time.perf_counter() - started
-        files = sorted(str(p) for p in Path(out).glob("*.parquet")) if _is_local(out) else []
-        dim = None
-        if files:
-            import pyarrow.parquet as pq
-
-            dim = pq.read_schema(files[0]).field("vector").type.list_size
-        logger.info("embedded %d rows in %.1f s (%.1f rows/s) into %s", rows, seconds, rows / max(seconds, 1e-9), out)
-        return {"rows": rows, "dim": dim, "files": files, "output_dir": out, "seconds": seconds}
-    finally:
-        context.enable_progress_bars = bars
-        if started_here:
-            ray.shutdown()

@@ -10,7 +10,7 @@ import pytest
 from moee_plugins import MoEEmbedder
 from moee_plugins.cli import main
 from moee_plugins.commands import embed as embed_command
-from moee_plugins.sharded import MANIFEST, ShardedOutput, ShardError, read_vectors, shard_dir_for
+from moee_plugins.io import MANIFEST, ShardedOutput, ShardError, read_vectors, shard_dir_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

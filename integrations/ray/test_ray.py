@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from moee_plugins import MoEEmbedder, Statistics
-from moee_plugins.core.corpus import read_corpus
-from moee_plugins.ray import MoEEPredictor, embed_files, predictor_kwargs, read_corpus_dataset
+from moee_plugins.io.corpus import read_corpus
+from moee_plugins.io.ray_files import embed_files, read_corpus_dataset
+from moee_plugins.ray import MoEEPredictor, predictor_kwargs
 
 TOPICS = ("hockey playoff goalie", "printer driver memory", "orbit rocket launch", "oven flour dough")
 TEXTS = [f"{TOPICS[i % 4]} note {i}" + " more words" * (i % 5) for i in range(48)]

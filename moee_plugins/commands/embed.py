@@ -1,29 +1,45 @@
 """``moee embed``: embed a corpus file into a ``.npy`` matrix or a ``.parquet`` table, resumably.
 
-Row ``i`` of the output is input document ``i``. Documents are embedded shard by shard (``--shard-size``
-documents each); every finished shard is saved into ``OUTPUT.shards/`` at once, so an interrupted run
-(Ctrl-C, crash, preemption) continues with ``--resume`` where it stopped: finished shards are never
-recomputed, no row is lost or duplicated, and the output is the same as that of an uninterrupted run.
+Row ``i`` of the output is input document ``i``. The input is streamed: documents are read shard by shard
+(``--shard-size`` documents each), so memory does not grow with the corpus. Every finished shard is saved
+into ``OUTPUT.shards/`` at once with its checksum, so an interrupted run (Ctrl-C, SIGTERM, crash,
+preemption) continues with ``--resume`` where it stopped: finished shards are never recomputed, no row is
+lost or duplicated, and the output is the same as that of an uninterrupted run. ``--resume`` refuses when
+the input, an option that changes the vectors, the model's or tokenizer's files or the statistics differ.
 Inside a shard the core sorts documents by length and batches them under a row cap and a token budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import json
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._common import UsageError, corpus_problem, quiet_libraries
 from ._options import add_model_options, embedder_kwargs
 
 DEFAULT_SHARD_SIZE = 1024
+STATISTICS_FORMAT = "moee-statistics"
+# config keys that change the raw parts (HS, RW) and so the statistics fitted on them
+RAW_PART_KEYS = ("model", "tokenizer", "prompt", "pooling", "routing", "layers", "dtype", "quantization", "max_length",
+                 "model_kwargs")
 
 
-class EmbedError(Exception):
+class EmbedError(UsageError):
     """A problem with the user's input or options, reported without a traceback."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so a run stops where Ctrl-C would."""
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +57,12 @@ def register(subparsers: Any) -> None:
     add_model_options(parser)
     parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
     parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
+    parser.add_argument("--id-field", default=None,
+                        help="jsonl field / csv or parquet column whose values become the ids: the parquet id column, "
+                        "or OUTPUT.ids.jsonl beside a .npy (default: the row position)")
+    parser.add_argument("--statistics", default=None, metavar="FILE",
+                        help="standardisation statistics saved by `moee calibrate` (default: calibrate on the built-in "
+                        "sentences before the first shard)")
     parser.add_argument("--shard-size", type=int, default=None,
                         help=f"documents per saved shard (default: {DEFAULT_SHARD_SIZE}; on --resume, the interrupted "
                         "run's)")
@@ -62,18 +84,16 @@ def register(subparsers: Any) -> None:
     ray_options.add_argument("--num-cpus", type=float, default=None, help="CPUs per actor")
     ray_options.add_argument("--ray-batch-size", type=int, default=256,
                              help="documents Ray hands an actor per call (default: %(default)s)")
-    ray_options.add_argument("--id-field", default=None,
-                             help="field/column whose values become the ids (default: row position)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``moee embed``: 0 on success, 2 on a bad input or option, 130 when interrupted."""
-    from ..sharded import ShardError
+    """Entry point of ``moee embed``: 0 on success, 2 on a bad input or option, 130/143 when interrupted."""
+    from ..io import ShardError
 
     try:
         return _run(args)
-    except (EmbedError, ShardError) as exc:
+    except (UsageError, ShardError) as exc:
         sys.stderr.write(f"moee embed: error: {exc}\n")
         return 2
 
@@ -90,10 +110,10 @@ def build_embedder(args: argparse.Namespace) -> Any:
 
 
 def settings_fingerprint(embedder: Any) -> dict[str, Any]:
-    """Everything that determines the vectors: the embedder's config with its dtype resolved.
+    """The options that determine the vectors: the embedder's config with its dtype resolved.
 
     Batch size and token budget only regroup the same computation, so a resumed run may change them
-    (e.g. after running out of memory); the statistics are stored separately and reused as they are.
+    (e.g. after running out of memory); the statistics are fingerprinted on their own.
     """
     config = dict(embedder.config)
     for key in ("statistics", "batch_size", "max_tokens_per_batch"):
@@ -103,19 +123,26 @@ def settings_fingerprint(embedder: Any) -> dict[str, Any]:
     return config
 
 
+def model_fingerprint(embedder: Any) -> dict[str, Any]:
+    """The content of the model's and tokenizer's files (see :mod:`moee_plugins.io.fingerprint`)."""
+    from ..io.fingerprint import model_files_fingerprint
+
+    tokenizer = embedder.config.get("tokenizer")
+    return model_files_fingerprint(str(embedder.model_path), tokenizer if isinstance(tokenizer, str) else None)
+
+
 def input_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
     """The input's content (size and SHA-256, not its name or date) and how documents are read from it."""
-    from ..sharded import file_fingerprint
+    from ..io import file_fingerprint
+    from ..io.corpus import field_for
 
-    suffix = args.input.suffix.lower()
-    field = None if suffix == ".txt" else args.text_field if suffix == ".jsonl" else args.text_column or args.text_field
     fingerprint = file_fingerprint(args.input)
     fingerprint.pop("path")
-    return {**fingerprint, "field": field}
+    return {**fingerprint, "field": field_for(args.input, args.text_field, args.text_column)}
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ..sharded import output_format
+    from ..io import output_format
 
     output_format(args.output)
     for name in ("batch_size", "max_length", "max_tokens_per_batch", "shard_size"):
@@ -128,47 +155,137 @@ def _validate(args: argparse.Namespace) -> None:
         raise EmbedError(f"output {args.output} is a directory; give a file name ending in .npy or .parquet")
 
 
-def _read(args: argparse.Namespace) -> list[str]:
-    from ..core.corpus import read_corpus
+def check_output_writable(output: Path) -> None:
+    """Fail now, before a model loads, if nothing can be written where ``output`` and its shards go."""
+    from ..io import shard_dir_for
+
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbedError(f"cannot create the output's folder {parent}: {exc.strerror or exc}; "
+                         "choose another --output") from None
+    # a probe named like the longest file the run creates next to the output, removed at once
+    probe = parent / (shard_dir_for(output).name + ".partial")
+    try:
+        with probe.open("xb"):
+            pass
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise EmbedError(f"cannot write {output}: {exc.strerror or exc}; choose another --output") from None
+    probe.unlink()
+
+
+def _count(args: argparse.Namespace) -> tuple[int, str | None]:
+    """Documents in the input (and the id kind), reading every record once before the model loads."""
+    from ..io import CorpusError, count_records
 
     try:
-        texts = read_corpus(args.input, text_field=args.text_field, text_column=args.text_column)
-    except (OSError, ValueError, TypeError) as exc:  # missing file, unknown format, missing field/column
-        raise EmbedError(str(exc)) from exc
-    if not texts:
+        count, id_kind = count_records(args.input, text_field=args.text_field, text_column=args.text_column,
+                                       id_field=args.id_field)
+    except CorpusError as exc:
+        raise corpus_problem(exc, args.input.suffix.lower()) from exc
+    if count == 0:
         raise EmbedError(f"{args.input} holds no documents")
-    return texts
+    return count, id_kind
 
 
-def _ensure_statistics(embedder: Any) -> None:
-    """Fix the standardisation statistics before the first shard, so the manifest can record them."""
-    if embedder.statistics is None and embedder.standardize is not None and embedder.mode != "hs":
-        embedder.combine(embedder.encode_parts(["."], show_progress_bar=False))  # calibrates once
+def _records(args: argparse.Namespace, *, ids: bool = False) -> Iterator[Any]:
+    from ..io import CorpusError, iter_records
 
-
-def _load_quietly(args: argparse.Namespace) -> Any:
-    """``build_embedder`` without transformers' checkpoint-loading bar."""
-    from transformers.utils import logging as hf_logging
-
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
     try:
-        return build_embedder(args)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
+        yield from iter_records(args.input, text_field=args.text_field, text_column=args.text_column,
+                                id_field=args.id_field if ids else None)
+    except CorpusError as exc:  # the input changed since it was counted
+        raise corpus_problem(exc, args.input.suffix.lower()) from exc
+
+
+def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(statistics, the settings they were fitted with, if recorded) from a ``moee calibrate`` file, or from a
+    bare statistics JSON (``moee_statistics.json``, a config's ``"statistics"``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise EmbedError(f"no such statistics file: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EmbedError(f"cannot read statistics from {path}: {exc}") from None
+    if isinstance(data, dict) and data.get("format") == STATISTICS_FORMAT:
+        return data["statistics"], data.get("settings")
+    if isinstance(data, dict) and isinstance(data.get("statistics"), dict):
+        data = data["statistics"]  # an embedder config
+    if not (isinstance(data, dict) and "hidden" in data and "routing" in data):
+        raise EmbedError(f"{path} holds no standardisation statistics (write one with `moee calibrate`)")
+    return data, None
+
+
+def raw_part_settings(embedder: Any) -> dict[str, Any]:
+    """The settings standardisation statistics depend on (those that change the raw HS/RW parts)."""
+    settings = settings_fingerprint(embedder)
+    return {key: settings.get(key) for key in RAW_PART_KEYS}
+
+
+def _apply_statistics_file(embedder: Any, path: str) -> dict[str, Any]:
+    statistics, settings = read_statistics_file(path)
+    if settings is not None:
+        from ..io.shards import _differences, _normalise
+
+        problems = _differences(_normalise(settings), _normalise(raw_part_settings(embedder)))
+        if problems:
+            lines = "; ".join(p.replace("(interrupted run)", "(statistics file)") for p in problems)
+            raise EmbedError(f"the statistics in {path} were fitted with other settings: {lines}; "
+                             "run `moee calibrate` with this run's options")
+    try:
+        embedder.set_statistics(statistics)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise EmbedError(f"cannot use the statistics in {path}: {exc}") from exc
+    return embedder.config["statistics"]
+
+
+def announce_calibration(embedder: Any, command: str, quiet: bool) -> None:
+    """Fix the standardisation statistics now (not inside the first shard), saying so once."""
+    from ..core.standardize import calibration_sentences
+
+    if embedder.statistics is not None or embedder.standardize is None or embedder.mode == "hs":
+        return
+    if not quiet:
+        _say(f"moee {command}: calibrating the standardisation statistics on the {len(calibration_sentences())} "
+             "built-in sentences (once; `moee calibrate` saves them for --statistics)")
+    ensure = getattr(embedder, "ensure_statistics", None)
+    if callable(ensure):
+        ensure()
+    else:  # until the core's explicit verb lands
+        embedder.combine(embedder.encode_parts(["."], show_progress_bar=False))
 
 
 def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """SIGTERM (a scheduler, ``kill``, a pre-empted machine) stops the run as Ctrl-C does, with the resume hint."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------------- the command
 def _run_on_ray(args: argparse.Namespace) -> int:
-    """The same job on a Ray cluster (see moee_plugins.ray): parquet shards with the columns id, vector."""
-    if args.resume or args.shard_size is not None:
-        raise EmbedError("--resume and --shard-size apply to --engine local only")
-    from ..ray import embed_files
+    """The same job on a Ray cluster (see moee_plugins.io.ray_files): parquet shards with the columns id, vector."""
+    if args.resume or args.shard_size is not None or args.statistics is not None:
+        raise EmbedError("--resume, --shard-size and --statistics apply to --engine local only")
+    from ..io.ray_files import embed_files
 
     try:
         options = embedder_kwargs(args)
@@ -186,9 +303,8 @@ def _run_on_ray(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from ..sharded import ShardedOutput, shard_dir_for
+    from ..io import ShardedOutput, shard_dir_for
+    from ..io.fingerprint import statistics_digest
 
     if args.engine == "ray":  # paths stay strings: Ray reads object-store URIs (s3://...) too
         return _run_on_ray(args)
@@ -209,30 +325,44 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
             raise EmbedError(f"{args.output} exists: pass --overwrite to replace it")
 
-    texts = _read(args)
+    num_rows, _ = _count(args)
     source = input_fingerprint(args)
     sharded = ShardedOutput.open(args.output) if resuming else None
     if sharded is not None:  # check the input before spending time on loading a model
-        sharded.check({"input": source}, num_rows=len(texts))
+        sharded.check({"input": source}, num_rows=num_rows)
         if args.shard_size is not None and args.shard_size != sharded.shard_size:
             raise EmbedError(f"--shard-size {args.shard_size} differs from the interrupted run's "
                              f"{sharded.shard_size}; leave it out to resume")
+    else:
+        check_output_writable(args.output)
+    if args.statistics is not None:
+        read_statistics_file(args.statistics)  # a bad file is reported before the model loads
 
-    embedder = _load_quietly(args) if args.quiet else build_embedder(args)
+    with quiet_libraries(args.quiet):
+        embedder = build_embedder(args)
     settings = settings_fingerprint(embedder)
+    model_files = model_fingerprint(embedder)
     if sharded is not None:
-        sharded.check({"settings": settings})
-        if sharded.manifest.get("statistics") is not None:
-            embedder.set_statistics(sharded.manifest["statistics"])  # the very statistics of the finished shards
+        sharded.check({"settings": settings, "model_files": model_files})
+        recorded = sharded.manifest.get("statistics")
+        sharded.check({"statistics": statistics_digest(recorded)})  # the manifest's statistics were not edited
+        if args.statistics is not None:
+            given = _apply_statistics_file(embedder, args.statistics)
+            sharded.check({"statistics": statistics_digest(given)})
+        elif recorded is not None:
+            embedder.set_statistics(recorded)  # the very statistics of the finished shards
     else:
         if args.overwrite:
             ShardedOutput.remove(args.output)
-        _ensure_statistics(embedder)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
+        if args.statistics is not None:
+            _apply_statistics_file(embedder, args.statistics)
+        announce_calibration(embedder, "embed", args.quiet)
+        statistics = embedder.config["statistics"]
         sharded = ShardedOutput.create(
-            args.output, num_rows=len(texts), shard_size=args.shard_size or DEFAULT_SHARD_SIZE, dim=embedder.dim,
-            fingerprint={"input": source, "settings": settings},
-            extra={"input_path": str(args.input.resolve()), "statistics": embedder.config["statistics"]},
+            args.output, num_rows=num_rows, shard_size=args.shard_size or DEFAULT_SHARD_SIZE, dim=embedder.dim,
+            fingerprint={"input": source, "settings": settings, "model_files": model_files,
+                         "statistics": statistics_digest(statistics)},
+            extra={"input_path": str(args.input.resolve()), "statistics": statistics},
         )
 
     pending = sharded.pending()
@@ -240,27 +370,55 @@ def _run(args: argparse.Namespace) -> int:
     if done_before:
         _say(f"moee embed: resuming: {sharded.num_shards - len(pending)} of {sharded.num_shards} shards "
              f"({done_before} documents) already done")
-    documents = tokens = 0
+    counters = {"documents": 0, "tokens": 0}
     started = time.perf_counter()
     try:
-        with tqdm(total=sharded.num_rows, initial=done_before, desc="Embedding", unit="doc",
-                  disable=args.quiet) as progress:
-            for shard in pending:
-                # the bar advances batch by batch inside the core; tqdm itself shows documents/s
-                parts = embedder.encode_parts(texts[shard.start : shard.stop], progress=progress)
-                sharded.write(shard, embedder.combine(parts))
-                documents += shard.rows
-                tokens += int(np.sum(parts.num_tokens))
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                progress.set_postfix(tokens_per_s=f"{tokens / elapsed:.0f}")
-    except KeyboardInterrupt:
+        with _sigterm_stops_the_run():
+            _compute(args, embedder, sharded, pending, done_before, counters, started)
+            damaged = sharded.pending()  # every shard re-verified against its checksum before assembly
+            if damaged:
+                _say(f"moee embed: {len(damaged)} shard(s) changed on disk during the run; recomputing them")
+                _compute(args, embedder, sharded, damaged, sharded.num_rows - sum(s.rows for s in damaged), counters,
+                         started)
+    except (KeyboardInterrupt, Terminated) as exc:
         remaining = len(sharded.pending())
-        _say(f"\nmoee embed: interrupted; {sharded.num_shards - remaining} of {sharded.num_shards} shards are saved "
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        _say(f"\nmoee embed: {what}; {sharded.num_shards - remaining} of {sharded.num_shards} shards are saved "
              f"in {shard_dir}. Run the same command with --resume to finish.")
-        return 130
-    sharded.finish()
+        return 143 if isinstance(exc, Terminated) else 130
+    ids = (record.id for record in _records(args, ids=True)) if args.id_field else None
+    sharded.finish(ids)
     elapsed = max(time.perf_counter() - started, 1e-9)
+    documents, tokens = counters["documents"], counters["tokens"]
     sys.stdout.write(f"wrote {sharded.num_rows} x {sharded.dim} float32 vectors to {args.output} "
                      f"({documents} computed now: {documents / elapsed:.1f} documents/s, {tokens / elapsed:.0f} "
                      "tokens/s)\n")
     return 0
+
+
+def _compute(args: argparse.Namespace, embedder: Any, sharded: Any, pending: list[Any], done_before: int,
+             counters: dict[str, int], started: float) -> None:
+    """Embed the ``pending`` shards, reading the input as a stream: only one shard's texts are held at a time."""
+    from tqdm.auto import tqdm
+
+    todo = {shard.index for shard in pending}
+    records = _records(args)
+    with tqdm(total=sharded.num_rows, initial=done_before, desc="Embedding", unit="doc",
+              disable=args.quiet) as progress:
+        for shard in sharded.shards():
+            chunk = list(itertools.islice(records, shard.rows))
+            if len(chunk) != shard.rows:
+                raise EmbedError(f"{args.input} changed while it was read: it has fewer than {sharded.num_rows} "
+                                 "documents now")
+            if shard.index not in todo:
+                continue
+            # the bar advances batch by batch inside the core; tqdm itself shows documents/s
+            parts = embedder.encode_parts([record.text for record in chunk], progress=progress)
+            sharded.write(shard, embedder.combine(parts))
+            counters["documents"] += shard.rows
+            counters["tokens"] += int(np.sum(parts.num_tokens))
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            progress.set_postfix(tokens_per_s=f"{counters['tokens'] / elapsed:.0f}")
+            todo.discard(shard.index)
+            if not todo:
+                break

@@ -118,7 +118,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _read(args: argparse.Namespace) -> list[str]:
-    from ..core.corpus import read_corpus
+    from ..io.corpus import read_corpus
 
     try:
         docs = read_corpus(args.input, text_field=args.text_field, text_column=args.text_column)
