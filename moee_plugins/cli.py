@@ -49,7 +49,7 @@ def _add_debug_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """``--debug`` / ``-v``: before or after the sub-command's name."""
     default: Any = False if top else argparse.SUPPRESS
     for flags, help_text in ((("--debug",), "show the full traceback of an error, and debug logging"),
-                             (("-v", "--verbose"), "show the full traceback of an error")):
+                             (("-v", "--verbose"), "show the full traceback of an error, and info logging")):
         with contextlib.suppress(argparse.ArgumentError):  # the sub-command defines the flag itself
             parser.add_argument(*flags, dest=flags[-1].lstrip("-"), action="store_true", default=default,
                                 help=help_text)
@@ -107,9 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_level = logger.level
     logger.addHandler(handler)
     quiet = bool(getattr(args, "quiet", False) or getattr(args, "no_progress", False))
-    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
     try:
-        return int(args.func(args))
+        from .commands._common import quiet_libraries
+
+        with quiet_libraries(quiet):  # -q also hides transformers', the Hub's and every other library's bars
+            return int(args.func(args))
     except KeyboardInterrupt:
         sys.stderr.write(f"\nmoee {args.command}: interrupted\n")
         return 130

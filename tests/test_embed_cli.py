@@ -277,3 +277,199 @@ def test_embed_is_listed_by_the_cli(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "embed" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- resume integrity
+@pytest.fixture
+def own_model(tiny_model_dir, tmp_path):
+    """A private copy of the tiny model, free to be changed in place."""
+    import shutil
+
+    target = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, target)
+    return target
+
+
+def _interrupt_after(monkeypatch, source, out, model, after=1, *options) -> None:
+    with monkeypatch.context() as patch:
+        Interrupt(patch, after=after)
+        assert cli(source, "-o", out, "--model", model, "--shard-size", SHARD, *options) == 130
+
+
+@pytest.mark.parametrize("changed", ["weights", "tokenizer"])
+def test_resume_refuses_when_the_model_files_changed_at_the_same_path(corpus, own_model, tmp_path, fast, monkeypatch,
+                                                                      capsys, changed):
+    out = tmp_path / "v.npy"
+    _interrupt_after(monkeypatch, corpus / "docs.txt", out, own_model)
+    if changed == "weights":  # other weights of the very same shapes and file size, at the same path
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(own_model / "model.safetensors")
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name] + np.float32(0.5)
+        size = (own_model / "model.safetensors").stat().st_size
+        save_file(tensors, own_model / "model.safetensors", metadata={"format": "pt"})
+        assert (own_model / "model.safetensors").stat().st_size == size
+    else:
+        config = json.loads((own_model / "tokenizer_config.json").read_text())
+        config["model_max_length"] = 77
+        (own_model / "tokenizer_config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert cli(corpus / "docs.txt", "-o", out, "--model", own_model, "--resume") == 2
+    err = capsys.readouterr().err
+    changed_file = "model.safetensors" if changed == "weights" else "tokenizer_config.json"
+    assert "cannot resume" in err and f"model_files.model.{changed_file}" in err and "--overwrite" in err
+    assert not out.exists()
+
+
+def test_resume_refuses_edited_statistics_in_the_manifest(interrupted, tiny_alias, capsys):
+    source, out, _ = interrupted
+    manifest_path = shard_dir_for(out) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["statistics"]["hidden"]["mean"][0] += 1.0
+    manifest_path.write_text(json.dumps(manifest))
+    assert cli(source, "-o", out, "--model", tiny_alias, "--resume") == 2
+    assert "statistics:" in capsys.readouterr().err
+
+
+def _flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the float32 payload, not the header: the shard still loads with the right shape
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "swapped", "nan", "unrecorded"])
+def test_resume_recomputes_shards_that_do_not_match_their_checksum(corpus, tmp_path, tiny_alias, fast, expected,
+                                                                    monkeypatch, caplog, damage):
+    out = tmp_path / "v.npy"
+    _interrupt_after(monkeypatch, corpus / "docs.txt", out, tiny_alias, 2)  # shards 0 and 1 (4 rows each) saved
+    first, second = shard_dir_for(out) / "shard-000000.npy", shard_dir_for(out) / "shard-000001.npy"
+    if damage == "flipped":
+        _flip_a_byte(first)
+    elif damage == "swapped":
+        a, b = first.read_bytes(), second.read_bytes()
+        first.write_bytes(b)
+        second.write_bytes(a)
+    elif damage == "nan":
+        np.save(first, np.full((SHARD, expected.shape[1]), np.nan, np.float32))
+    else:  # the run died between saving a shard and recording its checksum
+        journal = shard_dir_for(out) / "checksums.jsonl"
+        journal.write_text(journal.read_text().splitlines()[1] + "\n")
+    counter = Interrupt(monkeypatch, after=None)
+    assert cli(corpus / "docs.txt", "-o", out, "--model", tiny_alias, "--resume") == 0
+    recomputed = {0, 1} if damage == "swapped" else {0}
+    assert [d for shard in counter.shards for d in shard] == [d for k in sorted(recomputed)
+                                                              for d in DOCS[k * SHARD:(k + 1) * SHARD]] + DOCS[2 * SHARD:]
+    assert "it will be recomputed" in caplog.text
+    assert np.abs(np.load(out) - expected).max() < 1e-4
+
+
+def test_a_shard_damaged_during_the_run_is_recomputed_before_assembly(corpus, tmp_path, tiny_alias, fast, expected,
+                                                                     monkeypatch, capsys):
+    out = tmp_path / "v.npy"
+    seen = []
+
+    def encode_parts(embedder, texts, **kwargs):
+        texts = list(texts)
+        if texts == DOCS[-2:] and not seen:  # the last shard: damage the first one, already saved
+            seen.append(1)
+            _flip_a_byte(shard_dir_for(out) / "shard-000000.npy")
+        return ENCODE_PARTS(embedder, texts, **kwargs)
+
+    monkeypatch.setattr(MoEEmbedder, "encode_parts", encode_parts)
+    assert cli(corpus / "docs.txt", "-o", out, "--model", tiny_alias, "--shard-size", SHARD) == 0
+    assert seen and "changed on disk" in capsys.readouterr().err
+    assert np.abs(np.load(out) - expected).max() < 1e-4
+
+
+def test_finish_refuses_a_damaged_shard_and_write_refuses_non_finite_rows(tmp_path):
+    out = tmp_path / "m.parquet"
+    sharded = ShardedOutput.create(out, num_rows=10, shard_size=4, dim=3, fingerprint={"input": {"a": 1}})
+    rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+    bad = rows[:4].copy()
+    bad[2, 1] = np.inf
+    with pytest.raises(ShardError, match=r"documents \[2\] got non-finite vectors; nothing was written"):
+        sharded.write(sharded.shards()[0], bad)
+    assert not sharded.path(sharded.shards()[0]).exists()
+    for shard in sharded.shards():
+        sharded.write(shard, rows[shard.start : shard.stop])
+    _flip_a_byte(sharded.path(sharded.shards()[2]))
+    with pytest.raises(ShardError, match="shard 2 does not match its recorded checksum"):
+        ShardedOutput.open(out).finish()
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+# ---------------------------------------------------------------------------------------------- streaming, paths, ids
+def test_the_input_is_streamed_one_shard_at_a_time(corpus, tmp_path, tiny_alias, fast, expected, monkeypatch):
+    import moee_plugins.io.corpus as corpus_module
+
+    read = {"records": 0}
+    original = corpus_module.iter_records
+
+    def counting(*args, **kwargs):
+        read["records"] = 0  # a new pass over the input (the first one only counts and checks the documents)
+        for record in original(*args, **kwargs):
+            read["records"] += 1
+            yield record
+
+    def encode_parts(embedder, texts, **kwargs):
+        texts = list(texts)
+        if texts and texts[0] == DOCS[SHARD * (len(shards))] and len(texts) <= SHARD:
+            # the reader is never more than this shard ahead of the shard being embedded
+            assert read["records"] <= SHARD * (len(shards) + 1)
+            shards.append(len(texts))
+        return ENCODE_PARTS(embedder, texts, **kwargs)
+
+    shards: list[int] = []
+    monkeypatch.setattr(corpus_module, "iter_records", counting)
+    monkeypatch.setattr("moee_plugins.io.iter_records", counting)
+    monkeypatch.setattr(MoEEmbedder, "encode_parts", encode_parts)
+    out = tmp_path / "v.npy"
+    assert cli(corpus / "docs.jsonl", "-o", out, "--model", tiny_alias, "--shard-size", SHARD, "--text-field",
+               "body") == 0
+    assert len(shards) == 6
+    assert np.abs(np.load(out) - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("output", ["{file}/out.npy", "{long}.npy"])
+def test_an_impossible_output_path_fails_before_the_model_loads(corpus, tmp_path, output, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    target = output.format(file=tmp_path / "a-file", long=tmp_path / ("x" * 300))
+
+    def no_model(args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(embed_command, "build_embedder", no_model)
+    assert cli(corpus / "docs.txt", "-o", target) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("moee embed: error: cannot ") and "--output" in err
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npy"])
+def test_id_field_on_the_local_engine(corpus, tmp_path, tiny_alias, fast, expected, monkeypatch, suffix):
+    source = tmp_path / "docs.jsonl"
+    with source.open("w", encoding="utf-8") as handle:
+        for i, doc in enumerate(DOCS):
+            handle.write(json.dumps({"key": f"doc-{i:02d}", "body": doc}) + "\n")
+    out = tmp_path / f"v{suffix}"
+    _interrupt_after(monkeypatch, source, out, tiny_alias, 1, "--text-field", "body", "--id-field", "key")
+    assert cli(source, "-o", out, "--model", tiny_alias, "--resume", "--text-field", "body", "--id-field", "key") == 0
+    ids, vectors = read_vectors(out)
+    assert ids.tolist() == [f"doc-{i:02d}" for i in range(N_DOCS)]
+    assert np.abs(vectors - expected).max() < 1e-4
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        assert str(pq.read_schema(out).field("id").type) == "string"
+
+
+def test_integer_ids_from_parquet_and_a_missing_id_field(corpus, tmp_path, tiny_alias, fast, capsys):
+    import pandas as pd
+
+    source = tmp_path / "docs.parquet"
+    pd.DataFrame({"content": DOCS, "n": [100 + i for i in range(N_DOCS)]}).to_parquet(source)
+    out = tmp_path / "v.parquet"
+    assert cli(source, "-o", out, "--model", tiny_alias, "--text-column", "content", "--id-field", "n") == 0
+    assert read_vectors(out)[0].tolist() == [100 + i for i in range(N_DOCS)]
+    assert cli(source, "-o", tmp_path / "w.npy", "--text-column", "content", "--id-field", "nope") == 2
+    assert "no column 'nope'; columns: ['content', 'n'] (choose another with --id-field)" in capsys.readouterr().err

@@ -16,12 +16,12 @@ class UsageError(Exception):
 _FLAGS = {".jsonl": "--text-field", ".csv": "--text-column", ".parquet": "--text-column"}
 
 
-def corpus_problem(exc: Exception, suffix: str) -> UsageError:
+def corpus_problem(exc: Exception, suffix: str, id_field: str | None = None) -> UsageError:
     """A reader's :class:`~moee_plugins.io.CorpusError` as a CLI error, with the flag that fixes it."""
     message = str(exc)
     field = getattr(exc, "field", None)
     if getattr(exc, "kind", None) == "field" and field is not None:
-        flag = "--id-field" if "id field" in message or "id column" in message else _FLAGS.get(suffix)
+        flag = "--id-field" if field == id_field else _FLAGS.get(suffix)
         if flag is not None:
             message += f" (choose another with {flag})"
     return UsageError(message)

@@ -151,6 +151,10 @@ def _validate(args: argparse.Namespace) -> None:
             raise EmbedError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.resume and args.overwrite:
         raise EmbedError("--resume and --overwrite contradict each other: choose one")
+    try:
+        args.output.exists()
+    except OSError as exc:  # e.g. a file name too long for the file system
+        raise EmbedError(f"cannot write {args.output}: {exc.strerror or exc}; choose another --output") from None
     if args.output.exists() and args.output.is_dir():
         raise EmbedError(f"output {args.output} is a directory; give a file name ending in .npy or .parquet")
 
@@ -185,7 +189,7 @@ def _count(args: argparse.Namespace) -> tuple[int, str | None]:
         count, id_kind = count_records(args.input, text_field=args.text_field, text_column=args.text_column,
                                        id_field=args.id_field)
     except CorpusError as exc:
-        raise corpus_problem(exc, args.input.suffix.lower()) from exc
+        raise corpus_problem(exc, args.input.suffix.lower(), args.id_field) from exc
     if count == 0:
         raise EmbedError(f"{args.input} holds no documents")
     return count, id_kind
@@ -198,7 +202,7 @@ def _records(args: argparse.Namespace, *, ids: bool = False) -> Iterator[Any]:
         yield from iter_records(args.input, text_field=args.text_field, text_column=args.text_column,
                                 id_field=args.id_field if ids else None)
     except CorpusError as exc:  # the input changed since it was counted
-        raise corpus_problem(exc, args.input.suffix.lower()) from exc
+        raise corpus_problem(exc, args.input.suffix.lower(), args.id_field) from exc
 
 
 def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:

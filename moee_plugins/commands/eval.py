@@ -70,6 +70,15 @@ def _import_task_module(name: str) -> None:
     importlib.import_module(name)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _what(args: argparse.Namespace) -> str:
+    return f"benchmark {args.benchmark}" if args.benchmark else f"task(s) {args.tasks}"
+
+
 def _main(args: argparse.Namespace) -> int:
     from ..evaluation import parse_alpha, parse_modes, run
 
@@ -90,9 +99,11 @@ def _main(args: argparse.Namespace) -> int:
             pass
         else:
             disable_progress_bar()
-    if not logging.getLogger().handlers:
+    package_logger = logging.getLogger("moee_plugins")
+    if not logging.getLogger().handlers and not package_logger.handlers:  # called from Python, not through `moee`
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        logging.getLogger("moee_plugins").setLevel(logging.INFO)
+    if package_logger.getEffectiveLevel() > logging.INFO:  # per-task progress lines (`moee` restores the level)
+        package_logger.setLevel(logging.INFO)
     try:
         report = run(args.model, tasks=args.tasks, benchmark=args.benchmark, modes=args.modes, prompt=args.prompt,
                      alpha=args.alpha, output_dir=args.output, cache_dir=args.cache_dir, overwrite=args.overwrite,
@@ -100,6 +111,14 @@ def _main(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         sys.stderr.write(f"moee eval: error: {message}\n")
+        return 2
+    except ConnectionError as exc:  # datasets: "Couldn't reach 'mteb/...' on the Hub"
+        sys.stderr.write(f"moee eval: error: cannot download the MTEB data of {_what(args)}: {_first_line(exc)}; "
+                         "run once where the Hugging Face Hub is reachable (the data is cached), or evaluate "
+                         "in-memory tasks registered by a --task-module\n")
+        return 2
+    except OSError as exc:  # the model: an unknown path or hub id, or the Hub unreachable
+        sys.stderr.write(f"moee eval: error: cannot load model {args.model!r}: {_first_line(exc)}\n")
         return 2
     sys.stdout.write(report.to_markdown())
     sys.stdout.write(f"\nwrote {report.summary_path}\n")
