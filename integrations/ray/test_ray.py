@@ -157,6 +157,9 @@ def test_readers_give_the_rows_read_corpus_gives(ray_cluster, tmp_path: Path) ->
         assert rows == list(enumerate(read_corpus(path, **options))) == list(enumerate(texts))
     rows = read_corpus_dataset(tmp_path / "c.parquet", id_field="key").take_all()
     assert {r["id"]: r["text"] for r in rows} == dict(zip("abcd", texts, strict=True))
+    (tmp_path / "cr.txt").write_bytes(b"\xef\xbb\xbfone\rstill one\r\ntwo\n")  # a BOM, a lone \r, a \r\n
+    rows = sorted((r["id"], r["text"]) for r in read_corpus_dataset(tmp_path / "cr.txt").take_all())
+    assert rows == list(enumerate(read_corpus(tmp_path / "cr.txt"))) == [(0, "one\rstill one"), (1, "two")]
     with pytest.raises(ValueError, match=r"no column 'body'.*text_column"):
         read_corpus_dataset(tmp_path / "c.parquet", text_column="body")
 

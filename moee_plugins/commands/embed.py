@@ -30,8 +30,7 @@ from ._options import add_model_options, embedder_kwargs
 DEFAULT_SHARD_SIZE = 1024
 STATISTICS_FORMAT = "moee-statistics"
 # config keys that change the raw parts (HS, RW) and so the statistics fitted on them
-RAW_PART_KEYS = ("model", "tokenizer", "prompt", "pooling", "routing", "layers", "dtype", "quantization", "max_length",
-                 "model_kwargs")
+RAW_PART_KEYS = ("prompt", "pooling", "routing", "layers", "dtype", "quantization", "max_length", "model_kwargs")
 
 
 class EmbedError(UsageError):
@@ -227,7 +226,12 @@ def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, An
 def raw_part_settings(embedder: Any) -> dict[str, Any]:
     """The settings standardisation statistics depend on (those that change the raw HS/RW parts)."""
     settings = settings_fingerprint(embedder)
-    return {key: settings.get(key) for key in RAW_PART_KEYS}
+    raw = {key: settings.get(key) for key in RAW_PART_KEYS}
+    files = model_fingerprint(embedder)
+    raw["model_files"] = files  # the same files under another name (an alias, a copy) are the same model
+    if files.get("model") is None:  # a hub id not in the local cache: only its name identifies it
+        raw["model"] = settings.get("model")
+    return raw
 
 
 def _apply_statistics_file(embedder: Any, path: str) -> dict[str, Any]:

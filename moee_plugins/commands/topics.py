@@ -118,11 +118,14 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _read(args: argparse.Namespace) -> list[str]:
-    from ..io.corpus import read_corpus
+    from ..io.corpus import CorpusError, read_corpus
+    from ._common import corpus_problem
 
     try:
         docs = read_corpus(args.input, text_field=args.text_field, text_column=args.text_column)
-    except (OSError, ValueError, TypeError) as exc:  # missing file, unknown format, missing field/column
+    except CorpusError as exc:  # missing file, unknown format, missing field/column, a record that is not text
+        raise TopicsError(str(corpus_problem(exc, args.input.suffix.lower()))) from exc
+    except OSError as exc:
         raise TopicsError(str(exc)) from exc
     if len(docs) < MIN_DOCUMENTS:
         raise TopicsError(

@@ -112,6 +112,20 @@ def _txt(path: Path) -> Iterator[Record]:
             yield Record(_decode(raw, path, number, first=number == 1))
 
 
+def split_txt(data: bytes, where: str = "<text>") -> list[str]:
+    """The documents of a whole .txt file's bytes, by the rules of :func:`iter_records` (for readers that get
+    a file at once, such as the Ray file job)."""
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the newline that ends the last line
+        lines.pop()
+    texts = []
+    for number, raw in enumerate(lines, start=1):
+        texts.append(_decode(raw[:-1] if raw.endswith(b"\r") else raw, Path(where), number, first=number == 1))
+    return texts
+
+
 def _decode(raw: bytes, path: Path, number: int, *, first: bool) -> str:
     try:
         text = raw.decode("utf-8")
@@ -253,4 +267,4 @@ def count_records(path: str | Path, **options: Any) -> tuple[int, str | None]:
 
 
 __all__ = ["BOM", "FORMATS", "CorpusError", "Record", "corpus_format", "count_records", "field_for",
-           "iter_corpus", "iter_records", "read_corpus"]
+           "iter_corpus", "iter_records", "read_corpus", "split_txt"]

@@ -51,6 +51,13 @@ def _format_of(path: str, input_format: str | None) -> str:
     return suffix
 
 
+def _txt_rows(row: dict[str, Any]) -> list[dict[str, str]]:
+    """One file's bytes -> a row per document, as :func:`moee_plugins.io.corpus.iter_records` reads a .txt."""
+    from .corpus import split_txt
+
+    return [{"text": text} for text in split_txt(row["bytes"], row.get("path", "<text>"))]
+
+
 def _is_local(path: str) -> bool:
     return "://" not in path
 
@@ -86,7 +93,8 @@ def read_corpus_dataset(
     if fmt == "txt":
         if column != "text":
             raise ValueError("a txt corpus has one document a line: there is no text field to choose")
-        ds = ray_data.read_text(paths, drop_empty_lines=False)
+        # Ray's read_text splits on every Unicode line break (a lone "\r" too): split by our rule instead
+        ds = ray_data.read_binary_files(paths, include_paths=True, file_extensions=None).flat_map(_txt_rows)
     elif fmt == "jsonl":
         ds = ray_data.read_json(paths, lines=True, file_extensions=None)
     elif fmt == "csv":
