@@ -132,6 +132,7 @@ def test_small_csv_corpus_adapts_the_pipeline(tmp_path, tiny_alias, corpus_facto
     code, out, err = run_cli(str(path), "-o", str(tmp_path / "out"), "--model", tiny_alias, "--text-column",
                              "content", "--calibrate", "corpus", "--device", "cpu", "-q")
     assert code == 0, err
+    assert "Loading weights" not in err and "%|" not in err  # -q: no bar of transformers' or any library's
     assert "min topic size 2" in out
     table = pd.read_csv(tmp_path / "out" / "topics.csv", keep_default_na=False)
     assert table.document.tolist() == docs
