@@ -142,8 +142,7 @@ def _read(args: argparse.Namespace) -> list[str]:
 
 def _ensure_statistics(embedder: Any) -> None:
     """Fix the standardisation statistics before the first shard, so the manifest can record them."""
-    if embedder.statistics is None and embedder.standardize is not None and embedder.mode != "hs":
-        embedder.combine(embedder.encode_parts(["."], show_progress_bar=False))  # calibrates once
+    embedder.ensure_statistics()
 
 
 def _load_quietly(args: argparse.Namespace) -> Any:
