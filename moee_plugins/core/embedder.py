@@ -442,7 +442,7 @@ class MoEEmbedder:
         return mode
 
     def _batch_size(self, batch_size: Any) -> int:
-        return self.batch_size if batch_size is None else opts.check_batch_size(batch_size)
+        return self.batch_size if batch_size is None else opts.check_positive_int(batch_size)
 
     # ------------------------------------------------------------------ forward
     def _encode_token_ids(self, token_ids: list[list[int]], batch_size: int | None,

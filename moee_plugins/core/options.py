@@ -75,7 +75,8 @@ def check_alpha(value: Any) -> float:
     return alpha
 
 
-def check_batch_size(value: Any, name: str = "batch_size") -> int:
+def check_positive_int(value: Any, name: str = "batch_size") -> int:
+    """A positive integer (numpy integers accepted), named ``name`` in the error."""
     return _int(name, value)  # type: ignore[return-value]
 
 
@@ -193,7 +194,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("dtype", "auto", "parts", _dtype, "auto, float32, bfloat16 or float16"),
     Option("quantization", None, "parts", _quantization, "None, 4bit or 8bit (routers stay full precision)"),
     Option("max_length", 512, "parts", lambda v: _int("max_length", v), "tokens per text, prompt included"),
-    Option("batch_size", 32, "runtime", check_batch_size, "row cap of a forward pass"),
+    Option("batch_size", 32, "runtime", check_positive_int, "row cap of a forward pass"),
     Option("max_tokens_per_batch", None, "runtime", lambda v: _int("max_tokens_per_batch", v, optional=True),
            "padded-token budget of a forward pass"),
     Option("trust_remote_code", False, "runtime", _trust, "run a checkpoint's own code (the caller's choice only)",
