@@ -22,6 +22,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -294,7 +295,7 @@ def _saved_dir(reference: str) -> str | None:
 
 def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
     """Fill the model-level settings a saved folder records (prompts, similarity) unless the caller gave them."""
-    modules = json.loads(open(os.path.join(directory, "modules.json"), encoding="utf-8").read())
+    modules = json.loads(Path(directory, "modules.json").read_text(encoding="utf-8"))
     ours = f"{MoEEModule.__module__}.{MoEEModule.__qualname__}"
     if [m.get("type") for m in modules] != [ours]:
         raise ValueError(f"moee:{directory} loads folders holding one {ours}; this one has modules "
@@ -302,7 +303,7 @@ def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
                          "trust_remote_code=True) if you trust every module it names")
     settings_path = os.path.join(directory, "config_sentence_transformers.json")
     if os.path.isfile(settings_path):
-        settings = json.loads(open(settings_path, encoding="utf-8").read())
+        settings = json.loads(Path(settings_path).read_text(encoding="utf-8"))
         for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
             if kwargs.get(key) is None and settings.get(key) is not None:
                 kwargs[key] = settings[key]
