@@ -35,9 +35,11 @@ class MoEEmbeddings(BaseModel, Embeddings):
     One loaded model can serve several adapters: ``MoEEmbeddings(embedder=existing_moee_embedder)``
     wraps it without loading anything (``MoEEmbeddings(...).embedder`` hands it on).
 
-    ``query_prompt`` / ``document_prompt`` (a preset such as ``"prompteol"`` or a template with
-    ``{text}``) are applied to queries / documents; both default to the embedder's own prompt, so
-    queries and documents are embedded the same way unless you ask for an asymmetric setup.
+    ``query_prompt`` / ``document_prompt`` follow the core's one prompt rule
+    (:meth:`moee_plugins.MoEEmbedder.prompt_for`): an instruction such as ``"query: "`` goes in front of the
+    embedder's template, a preset or a ``{text}`` template replaces it; both default to the embedder's own
+    prompt, so queries and documents are embedded the same way unless you ask for an asymmetric setup.
+    The object pickles (the model travels with it).
     ``model_kwargs`` go to :class:`moee_plugins.MoEEmbedder` when a model is loaded (``device``,
     ``dtype``, ``quantization``, ``prompt``, ``max_length``, ``statistics``, ...).
     """
@@ -60,7 +62,8 @@ class MoEEmbeddings(BaseModel, Embeddings):
 
     def __init__(self, *, embedder: MoEEmbedder | None = None, **data: Any) -> None:
         super().__init__(**data)
-        self._embedder = attach_embedder(self, "MoEEmbeddings", self.model, embedder, "model")
+        self._embedder = attach_embedder(self, "MoEEmbeddings", self.model, embedder)
+        self.model = self._embedder.config["model"]
 
     @property
     def embedder(self) -> MoEEmbedder:

@@ -6,11 +6,12 @@ Needs ``pip install "moee-plugins[llama-index]"``.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any, Literal
 
 from ._adapters import attach_embedder, embed_one, embed_texts
 from ._extras import require
-from .core import MoEEmbedder
+from .core import MoEEmbedder, check_texts
 
 BaseEmbedding = require("llama_index.core.base.embeddings.base", "llama-index").BaseEmbedding
 _pydantic = require("llama_index.core.bridge.pydantic", "llama-index")
@@ -25,7 +26,7 @@ class MoEEmbedding(BaseEmbedding):
     Example:
         >>> from llama_index.core import Document, Settings, VectorStoreIndex
         >>> from moee_plugins.llama_index import MoEEmbedding
-        >>> Settings.embed_model = MoEEmbedding("moee:olmoe", model_kwargs={"device": "cuda"})  # doctest: +SKIP
+        >>> Settings.embed_model = MoEEmbedding(model="moee:olmoe", model_kwargs={"device": "cuda"})  # doctest: +SKIP
         >>> index = VectorStoreIndex.from_documents([Document(text="The hockey team won.")])  # doctest: +SKIP
         >>> index.as_retriever(similarity_top_k=1).retrieve("ice hockey")                    # doctest: +SKIP
 
@@ -47,11 +48,17 @@ class MoEEmbedding(BaseEmbedding):
 
     _embedder: MoEEmbedder = PrivateAttr()
 
-    def __init__(self, model_name: str | None = None, *, embedder: MoEEmbedder | None = None, **kwargs: Any) -> None:
-        if "model" in kwargs:
-            raise TypeError("MoEEmbedding takes model_name=..., not model=...")
-        super().__init__(model_name=model_name if model_name is not None else "unknown", **kwargs)
-        self._embedder = attach_embedder(self, "MoEEmbedding", model_name, embedder, "model_name")
+    def __init__(self, model: str | None = None, *, embedder: MoEEmbedder | None = None,
+                 model_name: str | None = None, **kwargs: Any) -> None:
+        if model_name is not None:
+            warnings.warn("MoEEmbedding(model_name=...) is deprecated: use model=... as in every moee-plugins adapter",
+                          DeprecationWarning, stacklevel=2)
+            if model is not None and model != model_name:
+                raise ValueError(f"model={model!r} and model_name={model_name!r} disagree; pass only model=")
+            model = model_name
+        super().__init__(model_name=model if model is not None else "unknown", **kwargs)
+        self._embedder = attach_embedder(self, "MoEEmbedding", model, embedder)
+        self.model_name = self._embedder.config["model"]
 
     @classmethod
     def class_name(cls) -> str:
@@ -71,6 +78,22 @@ class MoEEmbedding(BaseEmbedding):
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return embed_one(self._embedder, text, **self._options(self.document_prompt))
+
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[list[float]]:
+        """LlamaIndex's batching, after the core's input check (a str, dict or set is refused, not iterated)."""
+        return super().get_text_embedding_batch(self._checked(texts), show_progress=show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(self, texts: list[str], show_progress: bool = False,
+                                        **kwargs: Any) -> list[list[float]]:
+        return await super().aget_text_embedding_batch(self._checked(texts), show_progress=show_progress, **kwargs)
+
+    @staticmethod
+    def _checked(texts: Any) -> list[str]:
+        items, single = check_texts(texts)
+        if single:
+            raise TypeError("get_text_embedding_batch needs a list of strings, got a single str; "
+                            "use get_text_embedding(text)")
+        return items
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         """One core call for the whole list (LlamaIndex hands over ``embed_batch_size`` texts at a time)."""
