@@ -12,6 +12,14 @@ import numpy as np
 from .core import MoEEmbedder, check_texts
 
 _ADAPTER_FIELDS = ("mode", "alpha")  # adapter fields that would be given twice inside model_kwargs
+FIELDS: dict[str, dict[str, Any]] = {  # the pydantic Field(...) arguments both adapters declare
+    "mode": {"default": None, "description": "hs / rw / concat / sum; None: the embedder's ('sum' by default)."},
+    "alpha": {"default": None, "ge": 0, "le": 1e6, "allow_inf_nan": False,
+              "description": "Weight of cos(RW) in sum mode; None: the embedder's."},
+    "query_prompt": {"default": None, "description": "Prompt or instruction for queries; None: the embedder's."},
+    "document_prompt": {"default": None, "description": "Prompt or instruction for documents; None: the embedder's."},
+    "model_kwargs": {"default_factory": dict, "description": "Extra MoEEmbedder options (device, dtype, ...)."},
+}
 
 
 def build_embedder(owner: str, model: str | None, embedder: MoEEmbedder | None,

@@ -71,20 +71,7 @@ class MoEEBackend(_backend.BaseEmbedder):
         word_prompt: str | PromptTemplate | None = None,
         **embedder_kwargs: Any,
     ) -> None:
-        if isinstance(model, MoEEmbedder):
-            if embedder_kwargs:
-                raise TypeError(
-                    f"MoEEBackend got an existing MoEEmbedder and embedder options {sorted(embedder_kwargs)}; "
-                    "configure the embedder itself, or pass a model name instead"
-                )
-            embedder = model
-        elif isinstance(model, str):
-            embedder = MoEEmbedder(model, **embedder_kwargs)
-        else:
-            raise TypeError(
-                "model must be 'moee:<alias>', a hub id, a local directory or a MoEEmbedder, "
-                f"got {type(model).__name__}"
-            )
+        embedder = MoEEmbedder.build(model, owner="MoEEBackend", **embedder_kwargs)
         super().__init__(embedding_model=embedder)
         self.embedder: MoEEmbedder = embedder
         self.word_prompt: PromptTemplate | None = None if word_prompt is None else embedder.prompt_for(word_prompt)

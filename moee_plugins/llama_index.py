@@ -9,7 +9,7 @@ import asyncio
 import warnings
 from typing import Any, Literal
 
-from ._adapters import attach_embedder, embed_one, embed_texts
+from ._adapters import FIELDS, attach_embedder, embed_one, embed_texts
 from ._extras import require
 from .core import MoEEmbedder, check_texts
 
@@ -37,14 +37,11 @@ class MoEEmbedding(BaseEmbedding):
     ``model_kwargs`` go to :class:`moee_plugins.MoEEmbedder` when a model is loaded.
     """
 
-    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(
-        default=None, description="hs / rw / concat / sum; None: 'sum', or the wrapped embedder's mode.")
-    alpha: float | None = Field(default=None, ge=0, allow_inf_nan=False,
-                                description="Weight of cos(RW) in sum mode; None: 1.0 or the wrapped embedder's.")
-    query_prompt: str | None = Field(default=None, description="Prompt for queries; None: the embedder's prompt.")
-    document_prompt: str | None = Field(default=None,
-                                        description="Prompt for texts/nodes; None: the embedder's prompt.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra MoEEmbedder arguments.")
+    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(**FIELDS["mode"])
+    alpha: float | None = Field(**FIELDS["alpha"])
+    query_prompt: str | None = Field(**FIELDS["query_prompt"])
+    document_prompt: str | None = Field(**FIELDS["document_prompt"])
+    model_kwargs: dict[str, Any] = Field(**FIELDS["model_kwargs"])
 
     _embedder: MoEEmbedder = PrivateAttr()
 

@@ -102,14 +102,8 @@ class MoEEModule(InputModule):
     def __init__(self, embedder: MoEEmbedder | str, *, include_weights: bool = False, source: str | None = None,
                  **embedder_options: Any) -> None:
         super().__init__()
-        if isinstance(embedder, str):
-            source = source or embedder
-            embedder = MoEEmbedder(embedder, **embedder_options)
-        elif not isinstance(embedder, MoEEmbedder):
-            raise TypeError(f"embedder must be a MoEEmbedder or a model reference, got {type(embedder).__name__}")
-        elif embedder_options:
-            raise TypeError(f"options {sorted(embedder_options)} only apply when MoEEModule builds the embedder")
-        self.embedder = embedder
+        source = source or (embedder if isinstance(embedder, str) else None)
+        self.embedder = embedder = MoEEmbedder.build(embedder, owner="MoEEModule", **embedder_options)
         self.auto_model = embedder.model  # a sub-module: moved, shared and counted with the SentenceTransformer
         self.include_weights = bool(include_weights)
         self.source = source or embedder.config["model"]

@@ -42,6 +42,8 @@ def test_saved_folder_holds_config_statistics_tokenizer_and_card(saved, st_model
     assert json.loads((saved / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "dot"
     card = (saved / "README.md").read_text()
     assert "import moee_plugins" in card and "training-free" in card and "| mode | `sum`" in card
+    assert "pip install moee-plugins" not in card and "[moee-plugins](https://openreview" not in card
+    assert "from a clone" in card and "trust_remote_code=True" in card
 
 
 def test_reload_in_process_is_identical(saved, expected, texts):

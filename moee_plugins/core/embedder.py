@@ -170,6 +170,20 @@ class MoEEmbedder:
         if statistics is not None:
             self.set_statistics(statistics)
 
+    @classmethod
+    def build(cls, model: Any, *, owner: str = "MoEEmbedder", **options: Any) -> MoEEmbedder:
+        """The one way adapters take "an embedder, or a name plus options": an existing embedder is shared as is
+        (options would silently not apply to it, so they are refused), anything else builds one."""
+        if isinstance(model, cls):
+            if options:
+                raise TypeError(f"{owner} got an existing MoEEmbedder and embedder options {sorted(options)}; "
+                                "configure the embedder itself, or pass a model name instead")
+            return model
+        if not isinstance(model, (str, torch.nn.Module)):
+            raise TypeError(f"{owner}: model must be 'moee:<alias>', a hub id, a local directory or a MoEEmbedder, "
+                            f"got {type(model).__name__}")
+        return cls(model, **options)
+
     def _apply_options(self, values: dict[str, Any]) -> None:
         self.mode = values["mode"]
         self.prompt = resolve_prompt(values["prompt"])

@@ -95,12 +95,7 @@ class MoEEMTEBModel:
     def __init__(self, model: MoEEmbedder | Any, *, mode: str | None = None, alpha: float | None = None,
                  prompt: str | PromptTemplate | None = None, store: PartsStore | None = None,
                  cache_dir: str | Path | None = None, name: str | None = None, **embedder_kwargs: Any) -> None:
-        if isinstance(model, MoEEmbedder):
-            if embedder_kwargs:
-                raise TypeError(f"embedder options {sorted(embedder_kwargs)} apply only when model is not a MoEEmbedder")
-            embedder = model
-        else:
-            embedder = MoEEmbedder(model, **embedder_kwargs)
+        embedder = MoEEmbedder.build(model, owner="MoEEMTEBModel", **embedder_kwargs)
         self.embedder = embedder
         self.prompt = embedder.prompt_for(prompt)
         self.store = store if store is not None else PartsStore.for_embedder(embedder, cache_dir)
