@@ -62,7 +62,7 @@ def tiny_embedder(tiny_model_dir: Path):
     from moee_plugins import MoEEmbedder
 
     embedder = MoEEmbedder(str(tiny_model_dir), mode="sum", device="cpu")
-    embedder.combine(embedder.encode_parts(["warm", "up"]))  # triggers the one-time calibration
+    embedder.ensure_statistics()  # the one-time calibration on the built-in sentences
     return embedder
 
 

@@ -22,6 +22,9 @@ _lock = threading.Lock()
 
 
 def _install() -> None:
+    ours = sys.modules.get(__package__ + ".sentence_transformers")
+    if ours is not None and not hasattr(ours, "install_hook"):
+        return  # it is being imported right now (it imported sentence-transformers): it installs the hook at its end
     try:
         from .sentence_transformers import install_hook
 

@@ -12,13 +12,22 @@ through ``embed_documents``, so words cannot be told apart from documents there.
 the embedder's own template (PromptEOL by default) unless ``word_prompt`` says otherwise: a MoEE
 vector depends strongly on the template around the text, and only one template keeps words,
 queries and documents in one space.
+
+Saving: use :func:`save_topic_model` / :func:`load_topic_model`. BERTopic's own ``topic_model.save(dir,
+serialization="safetensors")`` cannot carry this backend (it records only a sentence-transformers model name),
+so it fails at save time with a message pointing here rather than writing a folder whose ``BERTopic.load``
+silently has no backend (``find_topics`` would fail with ``'NoneType' object has no attribute 'flatten'``).
+``serialization="pickle"`` keeps the backend (its config, statistics included). ``save_embedding_model=<dir>``
+is taken by BERTopic as a plain sentence-transformers model; give ``"moee:<a saved MoEE folder>"`` there
+(``SentenceTransformer(...).save(dir)`` of an MoEE model) and ``import moee_plugins`` before loading.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +35,7 @@ import numpy as np
 
 from ._extras import require
 from .core import MoEEmbedder, PromptTemplate
-from .core.prompts import prompt_to_config, resolve_prompt
+from .core.prompts import prompt_to_config
 
 _backend = require("bertopic.backend", "bertopic")
 
@@ -62,23 +71,31 @@ class MoEEBackend(_backend.BaseEmbedder):
         word_prompt: str | PromptTemplate | None = None,
         **embedder_kwargs: Any,
     ) -> None:
-        if isinstance(model, MoEEmbedder):
-            if embedder_kwargs:
-                raise TypeError(
-                    f"MoEEBackend got an existing MoEEmbedder and embedder options {sorted(embedder_kwargs)}; "
-                    "configure the embedder itself, or pass a model name instead"
-                )
-            embedder = model
-        elif isinstance(model, str):
-            embedder = MoEEmbedder(model, **embedder_kwargs)
-        else:
-            raise TypeError(
-                "model must be 'moee:<alias>', a hub id, a local directory or a MoEEmbedder, "
-                f"got {type(model).__name__}"
-            )
+        embedder = MoEEmbedder.build(model, owner="MoEEBackend", **embedder_kwargs)
         super().__init__(embedding_model=embedder)
         self.embedder: MoEEmbedder = embedder
-        self.word_prompt: PromptTemplate | None = None if word_prompt is None else resolve_prompt(word_prompt)
+        self.word_prompt: PromptTemplate | None = None if word_prompt is None else embedder.prompt_for(word_prompt)
+        # kept as given: an instruction ("word: ") is relative to the embedder's template
+        self._word_prompt_config = word_prompt if isinstance(word_prompt, str) or word_prompt is None else (
+            prompt_to_config(word_prompt))
+        self._saving = False
+
+    @property
+    def _hf_model(self) -> None:
+        """What BERTopic's own directory save records as the embedding model: refused (see the module docs)."""
+        if self.__dict__.get("_saving"):
+            return None
+        raise TypeError("BERTopic's topic_model.save(..., serialization='safetensors'/'pytorch') cannot save a "
+                        "MoEEBackend: use moee_plugins.bertopic.save_topic_model(topic_model, path) and "
+                        "load_topic_model(path), or serialization='pickle'")
+
+    @contextmanager
+    def _saved_by_us(self) -> Iterator[None]:
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     # ------------------------------------------------------------------ BaseEmbedder
     def embed(self, documents: Sequence[str], verbose: bool = False) -> np.ndarray:
@@ -95,7 +112,7 @@ class MoEEBackend(_backend.BaseEmbedder):
     def _encode(self, texts: Sequence[str], verbose: bool, prompt: PromptTemplate | None) -> np.ndarray:
         if isinstance(texts, np.ndarray):
             texts = texts.tolist()
-        vectors = self.embedder.encode(texts, show_progress_bar=bool(verbose), prompt=prompt)
+        vectors = self.embedder.encode(texts, show_progress_bar=bool(verbose), prompt=prompt)  # the core checks texts
         return np.asarray(vectors, dtype=np.float32)
 
     # ------------------------------------------------------------------ configuration
@@ -106,13 +123,14 @@ class MoEEBackend(_backend.BaseEmbedder):
     @property
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description: the embedder's config plus the word prompt."""
-        word_prompt = None if self.word_prompt is None else prompt_to_config(self.word_prompt)
+        word_prompt = self._word_prompt_config
         return {"embedder": self.embedder.config, "word_prompt": word_prompt}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> MoEEBackend:
         """Rebuild a backend from :attr:`config`; ``overrides`` go to :meth:`MoEEmbedder.from_config`
-        (e.g. ``device="cuda"``, or ``model=``/``tokenizer=`` to reuse loaded objects)."""
+        (e.g. ``device="cuda"``, or ``model=``/``tokenizer=`` to reuse loaded objects). A saved config never
+        switches remote code on: only ``trust_remote_code=True`` passed here does."""
         if not isinstance(config, dict) or "embedder" not in config:
             raise ValueError("not a MoEEBackend config: expected a dict with an 'embedder' entry")
         embedder = MoEEmbedder.from_config(config["embedder"], **overrides)
@@ -163,19 +181,21 @@ def save_topic_model(
     if serialization not in ("safetensors", "pytorch"):
         raise ValueError(f"serialization must be 'safetensors' or 'pytorch' (a directory), got {serialization!r}")
     path = Path(path)
-    # save_embedding_model=True without a hub id writes no embedding_model entry, so loading never
-    # tries to fetch a sentence-transformers model by name.
-    topic_model.save(path, serialization=serialization, save_embedding_model=True, save_ctfidf=save_ctfidf)
+    # no embedding_model entry is written, so loading never tries to fetch a sentence-transformers model by name
+    with backend._saved_by_us():
+        topic_model.save(path, serialization=serialization, save_embedding_model=True, save_ctfidf=save_ctfidf)
     (path / BACKEND_CONFIG).write_text(json.dumps(backend.config, indent=2), encoding="utf-8")
     return path
 
 
 def load_topic_model(path: str | Path, embedding_model: Any = None, **overrides: Any) -> Any:
-    """Load a BERTopic model saved by :func:`save_topic_model`, with its MoEE backend re-attached.
+    """Load a BERTopic model saved by :func:`save_topic_model`, with its MoEE backend re-attached: the way to
+    reload (plain ``BERTopic.load(path)`` has no backend, so ``transform``/``find_topics`` cannot embed).
 
     ``embedding_model`` (a :class:`MoEEBackend`, :class:`MoEEmbedder` or model name) replaces the
     saved backend; otherwise it is rebuilt from ``moee_backend.json`` and ``overrides`` go to
-    :meth:`MoEEmbedder.from_config` (e.g. ``device="cuda"``, ``model=`` a loaded model).
+    :meth:`MoEEmbedder.from_config` (e.g. ``device="cuda"``, ``model=`` a loaded model). The folder's
+    ``"trust_remote_code"`` is never honoured; pass ``trust_remote_code=True`` yourself if you trust its model.
     """
     bertopic = require("bertopic", "bertopic")
     path = Path(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from ._adapters import attach_embedder, embed_one, embed_texts
+from ._adapters import FIELDS, attach_embedder, embed_one, embed_texts
 from ._extras import require
 from .core import MoEEmbedder
 
@@ -35,9 +35,11 @@ class MoEEmbeddings(BaseModel, Embeddings):
     One loaded model can serve several adapters: ``MoEEmbeddings(embedder=existing_moee_embedder)``
     wraps it without loading anything (``MoEEmbeddings(...).embedder`` hands it on).
 
-    ``query_prompt`` / ``document_prompt`` (a preset such as ``"prompteol"`` or a template with
-    ``{text}``) are applied to queries / documents; both default to the embedder's own prompt, so
-    queries and documents are embedded the same way unless you ask for an asymmetric setup.
+    ``query_prompt`` / ``document_prompt`` follow the core's one prompt rule
+    (:meth:`moee_plugins.MoEEmbedder.prompt_for`): an instruction such as ``"query: "`` goes in front of the
+    embedder's template, a preset or a ``{text}`` template replaces it; both default to the embedder's own
+    prompt, so queries and documents are embedded the same way unless you ask for an asymmetric setup.
+    The object pickles (the model travels with it).
     ``model_kwargs`` go to :class:`moee_plugins.MoEEmbedder` when a model is loaded (``device``,
     ``dtype``, ``quantization``, ``prompt``, ``max_length``, ``statistics``, ...).
     """
@@ -45,22 +47,20 @@ class MoEEmbeddings(BaseModel, Embeddings):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
     model: str | None = Field(default=None, description="'moee:<alias>', a hub id or a local directory.")
-    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(
-        default=None, description="hs / rw / concat / sum; None: 'sum', or the wrapped embedder's mode.")
-    alpha: float | None = Field(default=None, ge=0, allow_inf_nan=False,
-                                description="Weight of cos(RW) in sum mode; None: 1.0 or the wrapped embedder's.")
-    query_prompt: str | None = Field(default=None, description="Prompt for queries; None: the embedder's prompt.")
-    document_prompt: str | None = Field(default=None,
-                                        description="Prompt for documents; None: the embedder's prompt.")
+    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(**FIELDS["mode"])
+    alpha: float | None = Field(**FIELDS["alpha"])
+    query_prompt: str | None = Field(**FIELDS["query_prompt"])
+    document_prompt: str | None = Field(**FIELDS["document_prompt"])
     batch_size: int | None = Field(default=None, gt=0, description="Texts per forward pass; None: the embedder's.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra MoEEmbedder arguments.")
+    model_kwargs: dict[str, Any] = Field(**FIELDS["model_kwargs"])
     show_progress: bool = Field(default=False, description="Show a progress bar while embedding documents.")
 
     _embedder: MoEEmbedder = PrivateAttr()
 
     def __init__(self, *, embedder: MoEEmbedder | None = None, **data: Any) -> None:
         super().__init__(**data)
-        self._embedder = attach_embedder(self, "MoEEmbeddings", self.model, embedder, "model")
+        self._embedder = attach_embedder(self, "MoEEmbeddings", self.model, embedder)
+        self.model = self._embedder.config["model"]
 
     @property
     def embedder(self) -> MoEEmbedder:

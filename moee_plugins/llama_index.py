@@ -6,11 +6,12 @@ Needs ``pip install "moee-plugins[llama-index]"``.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any, Literal
 
-from ._adapters import attach_embedder, embed_one, embed_texts
+from ._adapters import FIELDS, attach_embedder, embed_one, embed_texts
 from ._extras import require
-from .core import MoEEmbedder
+from .core import MoEEmbedder, check_texts
 
 BaseEmbedding = require("llama_index.core.base.embeddings.base", "llama-index").BaseEmbedding
 _pydantic = require("llama_index.core.bridge.pydantic", "llama-index")
@@ -25,7 +26,7 @@ class MoEEmbedding(BaseEmbedding):
     Example:
         >>> from llama_index.core import Document, Settings, VectorStoreIndex
         >>> from moee_plugins.llama_index import MoEEmbedding
-        >>> Settings.embed_model = MoEEmbedding("moee:olmoe", model_kwargs={"device": "cuda"})  # doctest: +SKIP
+        >>> Settings.embed_model = MoEEmbedding(model="moee:olmoe", model_kwargs={"device": "cuda"})  # doctest: +SKIP
         >>> index = VectorStoreIndex.from_documents([Document(text="The hockey team won.")])  # doctest: +SKIP
         >>> index.as_retriever(similarity_top_k=1).retrieve("ice hockey")                    # doctest: +SKIP
 
@@ -36,22 +37,25 @@ class MoEEmbedding(BaseEmbedding):
     ``model_kwargs`` go to :class:`moee_plugins.MoEEmbedder` when a model is loaded.
     """
 
-    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(
-        default=None, description="hs / rw / concat / sum; None: 'sum', or the wrapped embedder's mode.")
-    alpha: float | None = Field(default=None, ge=0, allow_inf_nan=False,
-                                description="Weight of cos(RW) in sum mode; None: 1.0 or the wrapped embedder's.")
-    query_prompt: str | None = Field(default=None, description="Prompt for queries; None: the embedder's prompt.")
-    document_prompt: str | None = Field(default=None,
-                                        description="Prompt for texts/nodes; None: the embedder's prompt.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra MoEEmbedder arguments.")
+    mode: Literal["hs", "rw", "concat", "sum"] | None = Field(**FIELDS["mode"])
+    alpha: float | None = Field(**FIELDS["alpha"])
+    query_prompt: str | None = Field(**FIELDS["query_prompt"])
+    document_prompt: str | None = Field(**FIELDS["document_prompt"])
+    model_kwargs: dict[str, Any] = Field(**FIELDS["model_kwargs"])
 
     _embedder: MoEEmbedder = PrivateAttr()
 
-    def __init__(self, model_name: str | None = None, *, embedder: MoEEmbedder | None = None, **kwargs: Any) -> None:
-        if "model" in kwargs:
-            raise TypeError("MoEEmbedding takes model_name=..., not model=...")
-        super().__init__(model_name=model_name if model_name is not None else "unknown", **kwargs)
-        self._embedder = attach_embedder(self, "MoEEmbedding", model_name, embedder, "model_name")
+    def __init__(self, model: str | None = None, *, embedder: MoEEmbedder | None = None,
+                 model_name: str | None = None, **kwargs: Any) -> None:
+        if model_name is not None:
+            warnings.warn("MoEEmbedding(model_name=...) is deprecated: use model=... as in every moee-plugins adapter",
+                          DeprecationWarning, stacklevel=2)
+            if model is not None and model != model_name:
+                raise ValueError(f"model={model!r} and model_name={model_name!r} disagree; pass only model=")
+            model = model_name
+        super().__init__(model_name=model if model is not None else "unknown", **kwargs)
+        self._embedder = attach_embedder(self, "MoEEmbedding", model, embedder)
+        self.model_name = self._embedder.config["model"]
 
     @classmethod
     def class_name(cls) -> str:
@@ -71,6 +75,22 @@ class MoEEmbedding(BaseEmbedding):
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return embed_one(self._embedder, text, **self._options(self.document_prompt))
+
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[list[float]]:
+        """LlamaIndex's batching, after the core's input check (a str, dict or set is refused, not iterated)."""
+        return super().get_text_embedding_batch(self._checked(texts), show_progress=show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(self, texts: list[str], show_progress: bool = False,
+                                        **kwargs: Any) -> list[list[float]]:
+        return await super().aget_text_embedding_batch(self._checked(texts), show_progress=show_progress, **kwargs)
+
+    @staticmethod
+    def _checked(texts: Any) -> list[str]:
+        items, single = check_texts(texts)
+        if single:
+            raise TypeError("get_text_embedding_batch needs a list of strings, got a single str; "
+                            "use get_text_embedding(text)")
+        return items
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         """One core call for the whole list (LlamaIndex hands over ``embed_batch_size`` texts at a time)."""

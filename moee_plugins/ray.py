@@ -12,20 +12,17 @@ Two levels (the file job, a corpus file -> parquet shards, is :func:`moee_plugin
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ._extras import require
-from .aliases import PREFIX, get_alias, register_alias, strip_prefix
-from .core import MoEEmbedder
-from .core.prompts import resolve_prompt
+from .core import MoEEmbedder, options
+from .core.loading import resolve_reference
+from .core.prompts import PRESETS, instruction_template
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -35,7 +32,7 @@ __all__ = ["MoEEPredictor", "embed_dataset", "predictor_kwargs"]
 
 logger = logging.getLogger("moee_plugins")
 
-_EMBEDDER_OPTIONS = frozenset(inspect.signature(MoEEmbedder.__init__).parameters) - {"self", "model", "tokenizer"}
+_EMBEDDER_OPTIONS = frozenset(options.OPTIONS) | {"device", "statistics"}
 
 
 def _ray() -> Any:
@@ -47,26 +44,21 @@ def _ray_data() -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- actors
-def _register_alias(alias: Mapping[str, Any] | None) -> None:
-    """Make a ``moee:<alias>`` registered in the driver resolvable in a worker process (custom aliases
-    live in one process's registry only)."""
-    if not alias:
-        return
-    current = get_alias(alias["name"])
-    if current is None or asdict(current) != dict(alias):
-        register_alias(alias["name"], alias["model_id"], description=alias.get("description", ""),
-                       defaults=alias.get("defaults"), requires_remote_code=alias.get("requires_remote_code", False),
-                       overwrite=True)
-
-
-def _build_embedder(model: str | None, config: Mapping[str, Any] | None, options: Mapping[str, Any],
-                    alias: Mapping[str, Any] | None) -> MoEEmbedder:
-    _register_alias(alias)
+def _build_embedder(model: str | None, config: Mapping[str, Any] | None, embedder_options: Mapping[str, Any],
+                    ) -> MoEEmbedder:
     if config is not None:
-        return MoEEmbedder.from_config(dict(config), **options)
+        return MoEEmbedder.from_config(dict(config), **embedder_options)
     if model is None:
         raise ValueError("MoEEPredictor needs model= ('moee:<alias>', a hub id or a directory) or config=")
-    return MoEEmbedder(model, **options)
+    return MoEEmbedder(model, **embedder_options)
+
+
+def _portable(model: str, embedder_options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``model`` as any process can load it (an alias's target, with the alias's defaults made explicit), since
+    custom aliases live in one process's registry only."""
+    reference = resolve_reference(model)
+    defaults = dict(reference.alias.defaults) if reference.alias is not None else {}
+    return reference.path, {**defaults, **embedder_options}
 
 
 def _column_texts(values: Sequence[Any], column: str) -> list[str]:
@@ -109,9 +101,7 @@ class MoEEPredictor:
         config: an :attr:`MoEEmbedder.config` (statistics included) to rebuild the embedder from.
         text_column: the column holding the texts; a null counts as an empty text.
         output_column: the vector column to add (replaced if present).
-        prompt: a prompt for this job only (default: the embedder's).
-        alias: ``dataclasses.asdict`` of the ``ModelAlias`` that ``model`` names, registered in the actor
-            process (custom aliases exist only in the process that registered them).
+        prompt: a prompt for this job only (the core's prompt rule; default: the embedder's).
         **embedder_options: :class:`moee_plugins.MoEEmbedder` arguments (``mode``, ``device``,
             ``statistics``, ...); with ``config`` they override its fields.
     """
@@ -124,14 +114,13 @@ class MoEEPredictor:
         text_column: str = "text",
         output_column: str = "embedding",
         prompt: str | None = None,
-        alias: Mapping[str, Any] | None = None,
         **embedder_options: Any,
     ) -> None:
         self.text_column = text_column
         self.output_column = output_column
         self.prompt = prompt
-        self.embedder = _build_embedder(model, config, embedder_options, alias)
-        if self.embedder.statistics is None and self.embedder.standardize is not None and self.embedder.mode != "hs":
+        self.embedder = _build_embedder(model, config, embedder_options)
+        if self.embedder.needs_statistics():
             logger.warning("MoEEPredictor got no standardisation statistics: this actor calibrates on its own; "
                            "build the arguments with moee_plugins.ray.predictor_kwargs() to calibrate once")
 
@@ -176,23 +165,15 @@ class MoEEPredictor:
 
 
 # ---------------------------------------------------------------------------------------------- calibration
-def _calibrated_statistics(model: str, options: Mapping[str, Any], alias: Mapping[str, Any] | None,
+def _calibrated_statistics(model: str, embedder_options: Mapping[str, Any],
                            calibration_texts: Sequence[str] | None) -> dict[str, Any]:
     """Load the embedder, fix its statistics (on ``calibration_texts`` or the built-in sentences), return them."""
-    embedder = _build_embedder(model, None, options, alias)
+    embedder = _build_embedder(model, None, embedder_options)
     if calibration_texts is not None:
         embedder.calibrate(list(calibration_texts), show_progress_bar=False)
     else:
-        embedder.combine(embedder.encode_parts(["a", "b"], show_progress_bar=False), mode="sum")
+        embedder.ensure_statistics("sum")
     return embedder.statistics.to_dict()
-
-
-def _alias_of(model: str) -> dict[str, Any] | None:
-    name = strip_prefix(model.strip())
-    if not model.strip().startswith(PREFIX) or os.path.isdir(name):
-        return None
-    alias = get_alias(name)
-    return asdict(alias) if alias is not None else None
 
 
 def predictor_kwargs(
@@ -217,8 +198,7 @@ def predictor_kwargs(
     and ``embedder_options`` override fields of its config; its device is not copied (each actor takes
     CUDA when it has a GPU, with ``dtype="auto"`` bfloat16) unless you pass ``device=``.
     """
-    if prompt is not None:
-        resolve_prompt(prompt)
+    instruction_template(PRESETS["raw"], prompt)  # the core's prompt rule: refuses what it cannot use
     if not isinstance(text_column, str) or not text_column:
         raise ValueError(f"text_column must be a non-empty column name, got {text_column!r}")
     unknown = sorted(set(embedder_options) - _EMBEDDER_OPTIONS)
@@ -237,33 +217,31 @@ def predictor_kwargs(
             raise TypeError(f"embedder must be a moee_plugins.MoEEmbedder, got {type(embedder).__name__}")
         if calibration_texts is not None:
             embedder.calibrate(list(calibration_texts), show_progress_bar=False)
-        elif embedder.statistics is None and embedder.standardize is not None:
-            embedder.combine(embedder.encode_parts(["a", "b"], show_progress_bar=False), mode="sum")
-        config = embedder.config
-        return {**common, "config": config, "alias": _alias_of(config["model"]), **embedder_options}
+        else:
+            embedder.ensure_statistics("sum")
+        return {**common, "config": embedder.portable_config, **embedder_options}
 
     if model is None:
         raise ValueError("predictor_kwargs needs model= ('moee:<alias>', a hub id or a directory) or embedder=")
     if not isinstance(model, str):
         raise TypeError(f"model must be a string ('moee:<alias>', a hub id or a directory every node can read), "
                         f"got {type(model).__name__}; wrap a loaded model with embedder=MoEEmbedder(model, tokenizer)")
-    alias = _alias_of(model)
-    options = dict(embedder_options)
+    model, resolved = _portable(model, embedder_options)
     # hs vectors are never standardised; every other mode needs the same statistics on every actor
-    needs_statistics = (options.get("standardize", "auto") is not None and options.get("statistics") is None
-                        and options.get("mode", "sum") != "hs")
+    needs_statistics = (resolved.get("standardize", "auto") is not None and resolved.get("statistics") is None
+                        and resolved.get("mode", "sum") != "hs")
     if needs_statistics:
         started = time.perf_counter()
         if calibrate_on == "driver":
-            statistics = _calibrated_statistics(model, options, alias, calibration_texts)
+            statistics = _calibrated_statistics(model, resolved, calibration_texts)
         else:
             ray = _ray()
             task = ray.remote(_calibrated_statistics).options(num_gpus=num_gpus or 0, num_cpus=num_cpus or 1)
-            statistics = ray.get(task.remote(model, options, alias, calibration_texts))
+            statistics = ray.get(task.remote(model, resolved, calibration_texts))
         logger.info("calibrated standardisation statistics on the %s in %.1f s", calibrate_on,
                     time.perf_counter() - started)
-        options["statistics"] = statistics
-    return {**common, "model": model, "alias": alias, **options}
+        resolved["statistics"] = statistics
+    return {**common, "model": model, **resolved}
 
 
 # ---------------------------------------------------------------------------------------------- datasets

@@ -114,3 +114,26 @@ def build_tiny_moe(directory: str | Path, model_type: str = "olmoe", *, seed: in
                     param.normal_(0.0, router_std)
     model.save_pretrained(str(directory), safe_serialization=True)
     return directory
+
+
+def hostile_model_dir(source: str | Path, target: str | Path, marker: str | Path) -> Path:
+    """A copy of the checkpoint ``source`` whose ``config.json`` names its own code (``auto_map``): importing that
+    code writes ``marker``. Loading it must never create ``marker`` unless the caller passed trust_remote_code=True."""
+    import json
+    import shutil
+
+    target = Path(target)
+    shutil.copytree(source, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "hostile.HostileConfig", "AutoModel": "hostile.HostileModel"}
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "hostile.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('the folder ran its own code')\n"
+        "from transformers import OlmoeConfig, OlmoeModel\n\n\n"
+        "class HostileConfig(OlmoeConfig):\n    pass\n\n\n"
+        "class HostileModel(OlmoeModel):\n    config_class = HostileConfig\n"
+    )
+    return target

@@ -126,13 +126,26 @@ def test_quantization_without_bitsandbytes_names_the_extra(tiny_model_dir, monke
         MoEEmbedder(str(tiny_model_dir), quantization="4bit", device="cpu")
 
 
-def test_quantization_keeps_every_router_in_full_precision(tiny_model_dir):
-    from transformers import AutoConfig
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_quantization_tells_bitsandbytes_to_skip_every_router(tiny_model_dir, monkeypatch, kind):
+    """What from_pretrained receives: a BitsAndBytesConfig whose skip list is exactly the model's routers."""
+    import transformers
 
-    from moee_plugins.core.loading import router_module_names
+    import moee_plugins.core.loading as loading
 
-    names = router_module_names(AutoConfig.from_pretrained(tiny_model_dir), trust_remote_code=False)
-    assert names == ["layers.0.mlp.gate", "layers.1.mlp.gate", "layers.2.mlp.gate"]
+    monkeypatch.setattr(loading, "require", lambda *args, **kwargs: None)  # no bitsandbytes on CPU machines
+    received = {}
+
+    def capture(path, **kwargs):
+        received.update(kwargs)
+        raise RuntimeError("stop before loading")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", capture)
+    with pytest.raises(RuntimeError, match="stop before loading"):
+        MoEEmbedder(str(tiny_model_dir), quantization=kind, device="cpu")
+    config = received["quantization_config"]
+    assert config.llm_int8_skip_modules == ["layers.0.mlp.gate", "layers.1.mlp.gate", "layers.2.mlp.gate"]
+    assert (config.load_in_4bit, config.load_in_8bit) == (kind == "4bit", kind == "8bit")
 
 
 def test_importing_the_package_imports_no_framework():

@@ -31,7 +31,7 @@ from moee_plugins.evaluation import (  # noqa: E402
 )
 from moee_plugins.evaluation import runner as runner_module  # noqa: E402
 from moee_plugins.evaluation.alpha import DEFAULT_GRID  # noqa: E402
-from moee_plugins.mteb import MoEEMTEBModel  # noqa: E402
+from moee_plugins.evaluation.mteb import MoEEMTEBModel  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::sklearn.exceptions.UndefinedMetricWarning",  # tiny tasks: some labels are never predicted

@@ -35,6 +35,11 @@ def test_hs_and_rw_modes_match_reference(parity_dir, expected):
     texts = [str(t) for t in expected["texts"]]
     hs = MoEEmbedder(str(parity_dir / "model"), mode="hs", normalize=False, device="cpu").encode(texts)
     assert np.abs(hs - expected["hs_bs6"]).max() < TOLERANCE
+    # rw mode is z(RW); the reference standardises with its batch's statistics, so calibrate on that batch
+    rw_embedder = MoEEmbedder(str(parity_dir / "model"), mode="rw", normalize=False, device="cpu")
+    rw_embedder.calibrate(texts)
+    rw = rw_embedder.encode(texts)
+    assert rw.shape == (6, 24) and np.abs(rw - expected["moee_concat_bs6"][:, 64:]).max() < TOLERANCE
 
 
 def test_concat_matches_reference_when_calibrated_on_the_same_batch(parity_dir, expected):

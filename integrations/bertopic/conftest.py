@@ -132,7 +132,7 @@ def make_model(backend, docs: list[str], embeddings: np.ndarray) -> Callable[...
         kwargs.setdefault("hdbscan_model", KMeans(n_clusters=N_TOPICS, n_init=10, random_state=0))
         model = BERTopic(embedding_model=kwargs.pop("embedding_model", backend), **kwargs)
         n = len(docs) if n is None else n
-        model.fit(docs[:n], embeddings[:n] if use_embeddings else None)
+        model.fit(docs[:n], embeddings[:n].copy() if use_embeddings else None)  # guided fits edit it in place
         return model
 
     return fit

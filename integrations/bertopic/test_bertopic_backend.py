@@ -86,7 +86,7 @@ def test_bad_arguments_are_named(embedder):
     with pytest.raises(TypeError, match="MoEEmbedder, got int"):
         MoEEBackend(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prompt"):
-        MoEEBackend(embedder, word_prompt="no placeholder")
+        MoEEBackend(embedder, word_prompt="{text} and {text}")
     with pytest.raises(ValueError, match="'embedder'"):
         MoEEBackend.from_config({"model": "x"})
 

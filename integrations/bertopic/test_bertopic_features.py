@@ -109,9 +109,18 @@ def test_zero_shot_topic_list(make_model, backend, embeddings, docs):
     assert len(model.topics_) == len(docs)
 
 
-def test_guided_topic_modeling_with_seed_words(make_model, docs):
-    model = make_model(seed_topic_list=[["hockey", "puck"], ["rocket", "orbit"]])
+def test_guided_topic_modeling_with_seed_words(make_model, docs, fitted):
+    seeds = [["hockey", "puck"], ["rocket", "orbit"]]
+    model = make_model(seed_topic_list=seeds)
     assert len(model.topics_) == len(docs) and set(model.topics_) <= valid_topics(model)
+    # the seeds had an effect: every seed word scores higher in its topic than in an unseeded fit
+    unseeded = make_model()
+
+    def score(topic_model, word):
+        return max(dict(words).get(word, 0.0) for words in topic_model.get_topics().values())
+
+    for word in ("hockey", "puck", "rocket", "orbit"):
+        assert score(model, word) > score(unseeded, word) > 0
 
 
 def test_merge_reduce_and_delete_topics_keep_the_model_usable(make_model, docs, new_docs, backend):
@@ -163,9 +172,11 @@ def test_save_and_load_safetensors_reattaches_the_backend(fitted, backend, new_d
 def test_load_topic_model_errors(fitted, tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved topic model"):
         load_topic_model(tmp_path / "missing")
-    fitted.save(tmp_path / "plain", serialization="safetensors", save_embedding_model=True)
+    with pytest.raises(TypeError, match="save_topic_model"):  # BERTopic's own save fails loudly, at save time
+        fitted.save(tmp_path / "plain", serialization="safetensors", save_embedding_model=True)
+    (tmp_path / "other").mkdir()
     with pytest.raises(FileNotFoundError, match=r"moee_backend\.json"):
-        load_topic_model(tmp_path / "plain")
+        load_topic_model(tmp_path / "other")
     with pytest.raises(TypeError, match="MoEEBackend"):
         save_topic_model(BERTopic(), tmp_path / "x")
 
@@ -212,3 +223,16 @@ def test_a_sentence_transformers_model_on_the_adapter_works_directly(tiny_model_
     assert len(new_topics) == len(new_docs) and set(new_topics) <= set(range(N_TOPICS))
     found, similarities = model.find_topics("rocket launch", top_n=2)
     assert len(found) == 2 and similarities[0] >= similarities[1]
+
+
+def test_a_saved_topic_model_never_switches_remote_code_on(fitted, tiny_model_dir, tmp_path):
+    from moee_plugins.testing import hostile_model_dir
+
+    marker = tmp_path / "MARKER"
+    hostile = hostile_model_dir(tiny_model_dir, tmp_path / "hostile", marker)
+    path = save_topic_model(fitted, tmp_path / "model")
+    config = json.loads((path / BACKEND_CONFIG).read_text())
+    config["embedder"].update(model=str(hostile), trust_remote_code=True)  # what a hostile sender would write
+    (path / BACKEND_CONFIG).write_text(json.dumps(config))
+    loaded = load_topic_model(path)
+    assert not marker.exists() and loaded.embedding_model.embedder.trust_remote_code is False

@@ -158,7 +158,7 @@ def test_bad_input_is_named(embeddings: MoEEmbeddings, tiny_embedder) -> None:
     with pytest.raises(ValueError, match="disagrees"):
         MoEEmbeddings(embedder=tiny_embedder, model="moee:something-else")
     with pytest.raises(ValueError, match="query_prompt"):
-        MoEEmbeddings(embedder=tiny_embedder, query_prompt="no placeholder")
+        MoEEmbeddings(embedder=tiny_embedder, query_prompt="{text} and {text}")
     with pytest.raises(ValueError, match="mode"):
         MoEEmbeddings(embedder=tiny_embedder, mode="max")
     with pytest.raises(ValueError, match="alpha"):
@@ -187,3 +187,36 @@ def test_missing_langchain_names_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'pip install "moee-plugins[langchain]"' in result.stdout
+
+
+@pytest.mark.parametrize(("texts", "match"), [({"a": 1}, "got dict"), ("hello", "single str"),
+                                               ({"b", "a"}, "ordered sequence")])
+def test_documents_must_be_a_list_of_texts(embeddings: MoEEmbeddings, texts, match) -> None:
+    with pytest.raises(TypeError, match=match):
+        embeddings.embed_documents(texts)
+
+
+def test_embeddings_pickle_and_give_the_same_vectors(embeddings: MoEEmbeddings) -> None:
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(embeddings))
+    np.testing.assert_array_equal(np.array(clone.embed_documents(DOCS[:2])), np.array(embeddings.embed_documents(DOCS[:2])))
+
+
+def test_one_prompt_rule_and_one_model_name_across_adapters(tiny_embedder) -> None:
+    """A "query: " instruction gives the same vector in the core, LangChain, LlamaIndex and sentence-transformers."""
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    from moee_plugins.llama_index import MoEEmbedding
+    from moee_plugins.sentence_transformers import MoEEModule
+
+    text = DOCS[0]
+    core = tiny_embedder.encode(text, prompt="query: ")
+    langchain = MoEEmbeddings(embedder=tiny_embedder, query_prompt="query: ").embed_query(text)
+    llama = MoEEmbedding(embedder=tiny_embedder, query_prompt="query: ").get_query_embedding(text)
+    st = SentenceTransformer(modules=[MoEEModule(tiny_embedder)], device="cpu").encode(text, prompt="query: ")
+    for vector in (langchain, llama, st):
+        np.testing.assert_allclose(np.asarray(vector), core, rtol=0, atol=1e-5)
+    assert np.abs(core - tiny_embedder.encode(text)).max() > 1e-4  # the instruction did something

@@ -158,10 +158,8 @@ def test_bad_input_is_named(embed_model: MoEEmbedding, embedder: MoEEmbedder) ->
         embed_model.get_text_embedding_batch(["ok", None])
     with pytest.raises(ValueError, match="needs a model"):
         MoEEmbedding()
-    with pytest.raises(TypeError, match="model_name"):
-        MoEEmbedding(model="moee:olmoe")
     with pytest.raises(ValueError, match="document_prompt"):
-        MoEEmbedding(embedder=embedder, document_prompt="passage:")
+        MoEEmbedding(embedder=embedder, document_prompt="{text} and {text}")
     with pytest.raises(ValueError, match="mode"):
         MoEEmbedding(embedder=embedder, mode="max")
     with pytest.raises(ValueError, match="embed_batch_size"):
@@ -186,3 +184,20 @@ def test_missing_llama_index_names_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'pip install "moee-plugins[llama-index]"' in result.stdout
+
+
+@pytest.mark.parametrize(("texts", "match"), [({"a": 1}, "got dict"), ("hello", "single str"),
+                                               ({"b", "a"}, "ordered sequence")])
+def test_batches_refuse_what_is_not_a_list_of_texts(embed_model: MoEEmbedding, texts: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        embed_model.get_text_embedding_batch(texts)
+    with pytest.raises(TypeError, match=match):
+        asyncio.run(embed_model.aget_text_embedding_batch(texts))
+
+
+def test_model_is_the_argument_name_and_model_name_is_deprecated(tiny_alias: str, tiny_embedder) -> None:
+    options = {"model_kwargs": {"device": "cpu", "statistics": tiny_embedder.statistics}}
+    assert MoEEmbedding(model=tiny_alias, **options).model_name == tiny_alias
+    with pytest.warns(DeprecationWarning, match="model_name"):
+        old = MoEEmbedding(model_name=tiny_alias, **options)
+    assert old.embedder.config["model"] == tiny_alias

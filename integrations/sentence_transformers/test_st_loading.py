@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer, SparseEncoder
 
 import moee_plugins.sentence_transformers as mst
@@ -73,23 +72,21 @@ def test_hook_is_idempotent_and_reversible(st_hook):
         assert not hasattr(cls.__init__, "__moee_original_init__")
 
 
-def test_hook_passes_other_names_through_unchanged():
-    calls = []
+def test_hook_leaves_other_names_exactly_as_the_library_runs_them(st_hook, tiny_model_dir, texts, tmp_path):
+    """A plain sentence-transformers folder loads to the same vectors with and without the hook."""
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    def original(self, *args, **kwargs):
-        calls.append((args, kwargs))
-
-    class Dummy:
-        _module_classes = {"some.Module": object}
-
-    target = Dummy()
-    mst._hooked_init(original, target, "sentence-transformers/all-MiniLM-L6-v2", device="cpu", model_kwargs={"a": 1})
-    assert calls == [(("sentence-transformers/all-MiniLM-L6-v2",), {"device": "cpu", "model_kwargs": {"a": 1}})]
-    assert mst._REQUESTED_DEVICE.get() is None  # the device note is scoped to the call
-    # the only side effect: this package's module class joins the instance's map of known modules.json types
-    assert target._module_classes == {"some.Module": object,
-                                      "moee_plugins.sentence_transformers.MoEEModule": MoEEModule}
-    assert Dummy._module_classes == {"some.Module": object}
+    transformer = Transformer(str(tiny_model_dir))
+    plain = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())], device="cpu")
+    plain.save(str(tmp_path / "plain"))
+    hooked = SentenceTransformer(str(tmp_path / "plain"), device="cpu")
+    assert not any(isinstance(m, MoEEModule) for m in hooked)
+    mst.uninstall_hook()
+    try:
+        stock = SentenceTransformer(str(tmp_path / "plain"), device="cpu")
+    finally:
+        install_hook()
+    np.testing.assert_array_equal(hooked.encode(texts), stock.encode(texts))
 
 
 def test_hook_free_factory(st_hook, tiny_model_dir, tiny_embedder, statistics, texts):
@@ -123,7 +120,7 @@ def test_modules_path_sets_similarity_from_the_mode(tiny_embedder):
         ({"model_kwargs": {"mode": "bogus"}}, ValueError, "mode must be one of"),
         ({"model_kwargs": {"prompt": "no placeholder"}}, ValueError, "prompt"),
         ({"backend": "onnx"}, ValueError, "torch backend"),
-        ({"processor_kwargs": {"padding_side": "left"}}, ValueError, "processor_kwargs is not used"),
+        ({"processor_kwargs": {"padding_side": "left"}}, ValueError, "processor_kwargs=... is not supported"),
         ({"revision": "main"}, ValueError, "revision=... is not supported"),
         ({"model_kwargs": {"device": "cpu"}}, ValueError, "pass device=... to SentenceTransformer"),
     ],
@@ -158,12 +155,14 @@ def test_lazy_activation_when_sentence_transformers_is_already_imported(st_hook)
 def test_module_follows_its_weights_and_survives_pickling(tiny_model_dir, statistics, texts):
     model = load(str(tiny_model_dir), device="cpu", statistics=statistics)
     before = model.encode(texts)
-    module, old = model[0], model[0].embedder
-    module._placed_on = torch.device("meta")  # as if the weights had lived elsewhere before this move
-    model.to("cpu")  # what sentence-transformers does on encode(device=...) and in the pool workers
-    assert module.embedder is not old and module._placed_on == torch.device("cpu")
-    assert module.embedder.config == old.config  # same options and statistics around the same weights
+    assert model.to("cpu") is model  # what sentence-transformers does on encode(device=...) and in the pool workers
+    assert model[0].embedder.device == next(model.parameters()).device
     np.testing.assert_array_equal(model.encode(texts), before)
     clone = pickle.loads(pickle.dumps(model))  # the multi-process pool sends the model this way
-    assert clone[0].embedder.config == old.config
+    assert clone[0].embedder.config == model[0].embedder.config
     np.testing.assert_array_equal(clone.encode(texts), before)
+
+
+def test_truncate_dim_is_refused_without_a_fitted_reduction(st_hook, tiny_alias, statistics, texts):
+    with pytest.raises(ValueError, match="truncate_dim=32 would cut"):
+        SentenceTransformer(tiny_alias, device="cpu", truncate_dim=32, model_kwargs={"statistics": statistics})

@@ -33,7 +33,7 @@ def test_saved_folder_holds_config_statistics_tokenizer_and_card(saved, st_model
     modules = json.loads((saved / "modules.json").read_text())
     assert modules == [{"idx": 0, "name": "0", "path": "", "type": "moee_plugins.sentence_transformers.MoEEModule"}]
     config = json.loads((saved / CONFIG_FILE).read_text())
-    assert config["format"] == "moee-plugins/sentence-transformers" and config["weights"] is None
+    assert config["format"] == "moee-plugins/embedder" and config["weights"] is None
     assert config["source"] == tiny_alias
     assert config["embedder"]["model"] == str(tiny_model_dir)  # the alias's target: aliases are per-process
     assert config["embedder"]["mode"] == "sum" and "statistics" not in config["embedder"]
@@ -42,13 +42,19 @@ def test_saved_folder_holds_config_statistics_tokenizer_and_card(saved, st_model
     assert json.loads((saved / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "dot"
     card = (saved / "README.md").read_text()
     assert "import moee_plugins" in card and "training-free" in card and "| mode | `sum`" in card
+    assert "pip install moee-plugins" not in card and "[moee-plugins](https://openreview" not in card
+    assert "from a clone" in card and "trust_remote_code=True" in card
 
 
 def test_reload_in_process_is_identical(saved, expected, texts):
-    reloaded = SentenceTransformer(str(saved), device="cpu")
+    reloaded = SentenceTransformer(f"moee:{saved}", device="cpu")
     assert reloaded.similarity_fn_name == "dot"
     np.testing.assert_array_equal(reloaded.encode(texts), expected)
-    np.testing.assert_array_equal(SentenceTransformer(f"moee:{saved}", device="cpu").encode(texts), expected)
+    # a bare folder name follows sentence-transformers' own rule for classes outside its package
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        SentenceTransformer(str(saved), device="cpu")
+    trusted = SentenceTransformer(str(saved), device="cpu", trust_remote_code=True)
+    np.testing.assert_array_equal(trusted.encode(texts), expected)
 
 
 def test_reload_in_a_fresh_process_is_identical(saved, expected, texts, tmp_path, run_python):
@@ -61,7 +67,7 @@ def test_reload_in_a_fresh_process_is_identical(saved, expected, texts, tmp_path
         _st_hook.activate()                                   # what `import moee_plugins` does once wired
         assert "sentence_transformers" not in sys.modules     # lazy: nothing imported yet
         from sentence_transformers import SentenceTransformer
-        model = SentenceTransformer({str(saved)!r}, device="cpu")
+        model = SentenceTransformer({"moee:" + str(saved)!r}, device="cpu")
         np.save({str(out)!r}, model.encode({texts!r}))
     """)
     reloaded = np.load(out)
@@ -81,7 +87,7 @@ def test_plain_import_moee_plugins_enables_the_hook(saved, expected, texts, tiny
         statistics = json.load(open({str(saved / STATISTICS_FILE)!r}))
         built = SentenceTransformer({"moee:" + str(tiny_model_dir)!r}, device="cpu",
                                     model_kwargs={{"statistics": statistics}})
-        reloaded = SentenceTransformer({str(saved)!r}, device="cpu")
+        reloaded = SentenceTransformer({"moee:" + str(saved)!r}, device="cpu")
         np.savez({str(out)!r}, built=built.encode({texts!r}), reloaded=reloaded.encode({texts!r}))
     """)
     got = np.load(out)
@@ -95,8 +101,8 @@ def test_save_with_weights_is_self_contained(st_model, expected, texts, tmp_path
     st_model.save(str(path))
     assert (path / WEIGHTS_DIR / "config.json").is_file() and not (path / "config.json").exists()
     assert json.loads((path / CONFIG_FILE).read_text())["weights"] == WEIGHTS_DIR
-    reloaded = SentenceTransformer(str(path), device="cpu")
-    assert reloaded[0].embedder.model_path == str(path / WEIGHTS_DIR) and reloaded[0].include_weights
+    reloaded = SentenceTransformer(f"moee:{path}", device="cpu")
+    assert reloaded[0].embedder.model_path == str((path / WEIGHTS_DIR).resolve()) and reloaded[0].include_weights
     np.testing.assert_array_equal(reloaded.encode(texts), expected)
 
 
@@ -106,7 +112,7 @@ def test_reload_options_override_but_cannot_opt_into_remote_code(saved, tiny_emb
     config = json.loads((copy / CONFIG_FILE).read_text())
     config["embedder"]["trust_remote_code"] = True  # a saved file must not switch this on for the user
     (copy / CONFIG_FILE).write_text(json.dumps(config))
-    reloaded = SentenceTransformer(str(copy), device="cpu", model_kwargs={"mode": "hs"})
+    reloaded = SentenceTransformer(f"moee:{copy}", device="cpu", model_kwargs={"mode": "hs"})
     embedder = reloaded[0].embedder
     assert embedder.trust_remote_code is False and embedder.mode == "hs"
     np.testing.assert_allclose(reloaded.encode(texts), tiny_embedder.combine(tiny_embedder.encode_parts(texts),
@@ -119,8 +125,9 @@ def test_other_third_party_classes_still_need_trust_remote_code(saved, tmp_path)
     modules = json.loads((copy / "modules.json").read_text())
     modules[0]["type"] = "some_package.SomeModule"
     (copy / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        SentenceTransformer(str(copy), device="cpu")
+    for name in (str(copy), f"moee:{copy}"):
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            SentenceTransformer(name, device="cpu")
 
 
 def test_factory_reloads_a_saved_folder_without_the_hook(saved, expected, texts):
@@ -132,3 +139,49 @@ def test_factory_reloads_a_saved_folder_without_the_hook(saved, expected, texts)
     finally:
         mst.install_hook()
     np.testing.assert_array_equal(reloaded.encode(texts), expected)
+
+
+@pytest.mark.parametrize("order", ["moee_first", "sentence_transformers_first"])
+def test_both_import_orders_install_the_hook(saved, expected, texts, tmp_path, run_python, order):
+    """``import moee_plugins`` then ``from moee_plugins.sentence_transformers import ...`` before
+    sentence-transformers (and the reverse) both leave ``SentenceTransformer("moee:...")`` working."""
+    first = ("import moee_plugins\nfrom moee_plugins.sentence_transformers import MoEEModule\n"
+             "from sentence_transformers import SentenceTransformer\n")
+    if order == "sentence_transformers_first":
+        first = ("from sentence_transformers import SentenceTransformer\nimport moee_plugins\n"
+                 "from moee_plugins.sentence_transformers import MoEEModule\n")
+    out = tmp_path / f"{order}.npy"
+    result = run_python("import warnings\nwarnings.simplefilter('error')\n" + first + f"""
+import numpy as np
+model = SentenceTransformer({"moee:" + str(saved)!r}, device="cpu")
+assert isinstance(model[0], MoEEModule)
+np.save({str(out)!r}, model.encode({texts!r}))
+""")
+    assert "could not install" not in result.stderr
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_hostile_base_model_code_never_runs_through_a_saved_folder(saved, tiny_model_dir, tmp_path):
+    from moee_plugins.testing import hostile_model_dir
+
+    marker = tmp_path / "MARKER"
+    hostile = hostile_model_dir(tiny_model_dir, tmp_path / "hostile", marker)
+    copy = tmp_path / "points-at-hostile"
+    shutil.copytree(saved, copy)
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    config["embedder"].update(model=str(hostile), trust_remote_code=True)
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    SentenceTransformer(f"moee:{copy}", device="cpu")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("weights", ["../elsewhere", "/tmp"])
+def test_weights_outside_the_saved_folder_are_refused(saved, tmp_path, weights):
+    copy = tmp_path / "escaping"
+    shutil.copytree(saved, copy)
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    config["weights"] = weights
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    for name, trust in ((f"moee:{copy}", False), (str(copy), True)):
+        with pytest.raises(ValueError, match="points outside the folder"):
+            SentenceTransformer(name, device="cpu", trust_remote_code=trust)

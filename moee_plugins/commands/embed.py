@@ -255,16 +255,12 @@ def announce_calibration(embedder: Any, command: str, quiet: bool) -> None:
     """Fix the standardisation statistics now (not inside the first shard), saying so once."""
     from ..core.standardize import calibration_sentences
 
-    if embedder.statistics is not None or embedder.standardize is None or embedder.mode == "hs":
+    if not embedder.needs_statistics():
         return
     if not quiet:
         _say(f"moee {command}: calibrating the standardisation statistics on the {len(calibration_sentences())} "
              "built-in sentences (once; `moee calibrate` saves them for --statistics)")
-    ensure = getattr(embedder, "ensure_statistics", None)
-    if callable(ensure):
-        ensure()
-    else:  # until the core's explicit verb lands
-        embedder.combine(embedder.encode_parts(["."], show_progress_bar=False))
+    embedder.ensure_statistics()
 
 
 def _say(message: str) -> None:

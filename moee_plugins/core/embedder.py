@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +17,11 @@ import torch
 
 from .. import __version__
 from ..aliases import ModelAlias
+from . import options as opts
 from .batching import left_pad, plan_batches, position_ids_from_mask, tokenize
 from .combine import MODES, combine, similarity
 from .loading import (
-    QUANTIZATIONS,
     base_model,
-    dtype_name,
     input_device,
     load_model,
     load_tokenizer,
@@ -27,35 +29,54 @@ from .loading import (
     resolve_dtype,
     resolve_reference,
 )
+from .options import DEFAULT
 from .parts import MoEEParts, RouterBlock
-from .pooling import POOLINGS, pool
-from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
-from .routers import ROUTING_KINDS, RoutingCapture, find_router_sites, select_sites
-from .standardize import Statistics, calibration_sentences
+from .pooling import pool
+from .prompts import PromptTemplate, instruction_template, resolve_prompt
+from .routers import RoutingCapture, find_router_sites, select_sites
+from .standardize import EPSILON, Statistics, calibration_sentences
 
 logger = logging.getLogger("moee_plugins")
 
 STANDARDIZE = ("auto", None)
 _FLUSH_ROWS = 4096  # pooled rows kept on the device between copies to the host
-CONFIG_KEYS = (
-    "model", "tokenizer", "mode", "prompt", "pooling", "routing", "alpha", "layers", "standardize", "normalize",
-    "dtype", "quantization", "max_length", "batch_size", "max_tokens_per_batch", "trust_remote_code", "model_kwargs",
-)
+CONFIG_FILE = "moee_config.json"
+"""A saved embedder's configuration. Not ``config.json``: that name belongs to a Hugging Face model."""
+STATISTICS_FILE = "moee_statistics.json"
+WEIGHTS_DIR = "moee_model"
+"""Sub-folder of a saved embedder holding a copy of the base model (``save_pretrained(include_weights=True)``)."""
+FOLDER_FORMATS = ("moee-plugins/embedder", "moee-plugins/sentence-transformers")
+FOLDER_FORMAT_VERSION = 1
 
 
-def _check_texts(texts: Any) -> tuple[list[str], bool]:
-    """A list of strings and whether the input was a single string. Names the first bad item."""
+def check_texts(texts: Any) -> tuple[list[str], bool]:
+    """A list of strings and whether the input was a single string. Names the first bad item.
+
+    The one input rule of every adapter: a mapping (its keys) or a set (no order) is refused, since output
+    row i must belong to input i; so is text that is not valid Unicode (a lone surrogate).
+    """
     if isinstance(texts, str):
-        return [texts], True
-    if texts is None:
-        raise TypeError("texts must be a string or a sequence of strings, got None")
-    if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
-    items = list(texts)
+        items, single = [texts], True
+    else:
+        if texts is None:
+            raise TypeError("texts must be a string or a sequence of strings, got None")
+        if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
+            raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+        if isinstance(texts, (set, frozenset)):
+            raise TypeError(f"texts must be an ordered sequence of strings, got a {type(texts).__name__} (no order: "
+                            "row i could not match text i); pass a list, e.g. sorted(texts)")
+        items, single = list(texts), False
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise TypeError(f"texts[{i}] must be a string, got {type(item).__name__}: {item!r:.80}")
     for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(f"texts[{i}] must be a string, got {type(item).__name__}: {item!r:.80}")
-    return items, False
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = "the text" if single else f"texts[{i}]"
+            raise ValueError(f"{where} is not valid Unicode: a lone surrogate {item[exc.start]!r} at character "
+                             f"{exc.start}; fix its decoding (e.g. errors='replace')") from None
+    return items, single
 
 
 class MoEEmbedder:
@@ -71,23 +92,13 @@ class MoEEmbedder:
         model: ``"moee:<alias>"``, a hub id, a local directory, or a loaded ``PreTrainedModel``
             (then ``tokenizer`` is required).
         tokenizer: a tokenizer, or a hub id / directory to load it from (default: the model's).
-        mode: ``hs``, ``rw``, ``concat`` or ``sum`` (see :func:`moee_plugins.core.combine.combine`).
-        prompt: ``prompteol``, ``none``, ``raw`` or a custom template containing ``{text}``.
-        pooling: ``last`` (last real token) or ``mean`` (over real tokens).
-        routing: ``logits`` (raw router scores) or ``probs`` (the model's softmax/sigmoid over all
-            experts); ``None`` takes the alias's default, else ``logits``.
-        alpha: weight of cos(RW) in ``sum`` mode.
-        layers: decoder-layer indices whose routers to use (default: every MoE layer).
-        standardize: ``auto`` (fixed per-dimension statistics from :meth:`calibrate`, or from the
-            shipped calibration sentences on first use) or ``None`` (off).
-        normalize: L2-normalise hs/rw/concat vectors.
-        device, dtype, quantization: where and how to run; ``dtype="auto"`` is bfloat16 on CUDA,
-            float32 on CPU; ``quantization`` is ``4bit``/``8bit`` (routers stay in full precision).
-        max_length: tokens per text, prompt included; longer texts are cut inside the prompt.
-        batch_size, max_tokens_per_batch: row cap and padded-token budget of a batch.
-        trust_remote_code: run a checkpoint's own modelling code (off unless you ask).
-        model_kwargs: extra ``from_pretrained`` arguments (e.g. ``device_map="auto"``).
+        device: where to run (default: CUDA when present).
+        trust_remote_code: run a checkpoint's own modelling code (off unless you ask; never read from a file).
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
+        **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
+            ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
+            ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
+            alias's default (``moee:<alias>``), else the table's.
     """
 
     def __init__(
@@ -95,30 +106,33 @@ class MoEEmbedder:
         model: Any,
         tokenizer: Any = None,
         *,
-        mode: str = "sum",
-        prompt: str | PromptTemplate = "prompteol",
-        pooling: str = "last",
-        routing: str | None = None,
-        alpha: float = 1.0,
-        layers: Sequence[int] | None = None,
-        standardize: str | None = "auto",
-        normalize: bool = True,
+        mode: str = DEFAULT,
+        prompt: str | PromptTemplate = DEFAULT,
+        pooling: str = DEFAULT,
+        routing: str | None = DEFAULT,
+        alpha: float = DEFAULT,
+        layers: Sequence[int] | None = DEFAULT,
+        standardize: str | None = DEFAULT,
+        normalize: bool = DEFAULT,
         device: str | torch.device | None = None,
-        dtype: str | torch.dtype = "auto",
-        quantization: str | None = None,
-        max_length: int = 512,
-        batch_size: int = 32,
-        max_tokens_per_batch: int | None = None,
+        dtype: str | torch.dtype = DEFAULT,
+        quantization: str | None = DEFAULT,
+        max_length: int = DEFAULT,
+        batch_size: int = DEFAULT,
+        max_tokens_per_batch: int | None = DEFAULT,
         trust_remote_code: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = DEFAULT,
         statistics: Statistics | dict[str, Any] | None = None,
     ) -> None:
+        given = {"mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
+                 "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
+                 "quantization": quantization, "max_length": max_length, "batch_size": batch_size,
+                 "max_tokens_per_batch": max_tokens_per_batch, "trust_remote_code": trust_remote_code,
+                 "model_kwargs": model_kwargs}
         alias: ModelAlias | None = None
         if isinstance(model, str):
             reference = resolve_reference(model)
             alias = reference.alias
-            defaults = alias.defaults if alias else {}
-            routing = routing if routing is not None else defaults.get("routing")
             self._model_ref: str = model
         elif isinstance(model, torch.nn.Module):
             if tokenizer is None:
@@ -128,29 +142,20 @@ class MoEEmbedder:
             raise TypeError(
                 f"model must be 'moee:<alias>', a hub id, a local directory or a PreTrainedModel, got {type(model).__name__}"
             )
-        routing = routing or "logits"
-        self._validate_options(mode, pooling, routing, alpha, standardize, quantization, max_length, batch_size,
-                               max_tokens_per_batch, layers)
-        self.mode = mode
-        self.prompt = resolve_prompt(prompt)
-        self.pooling = pooling
-        self.routing = routing
-        self.alpha = float(alpha)
-        self.standardize = standardize
-        self.normalize = bool(normalize)
-        self.max_length = int(max_length)
-        self.batch_size = int(batch_size)
-        self.max_tokens_per_batch = max_tokens_per_batch
-        self.trust_remote_code = bool(trust_remote_code)
-        self.model_kwargs = dict(model_kwargs or {})
-        self.quantization = quantization
-        self._dtype_arg = dtype
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        if tokenizer is not None and not isinstance(tokenizer, str) and not callable(tokenizer):
+            raise TypeError(f"tokenizer must be a tokenizer or a hub id / directory, got {type(tokenizer).__name__}")
         self._tokenizer_ref = tokenizer if isinstance(tokenizer, str) else None
+        given["tokenizer"] = self._tokenizer_ref
+        if statistics is not None and not isinstance(statistics, (Statistics, Mapping)):
+            raise TypeError(f"statistics must be a Statistics, its dict (Statistics.to_dict()) or None, "
+                            f"got {type(statistics).__name__}: {statistics!r:.80}")
+        self.options = opts.resolve(given, alias.defaults if alias else None, alias.name if alias else "")
+        self._apply_options(self.options)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self._dtype_arg, self.device)
 
         if isinstance(model, str):
-            self.model = load_model(reference, device=self.device, dtype=self.dtype, quantization=quantization,
+            self.model = load_model(reference, device=self.device, dtype=self.dtype, quantization=self.quantization,
                                     trust_remote_code=self.trust_remote_code, model_kwargs=self.model_kwargs)
             self.model_path = reference.path
         else:
@@ -160,42 +165,53 @@ class MoEEmbedder:
             tokenizer = load_tokenizer(tokenizer or self.model_path, self.trust_remote_code)
         self.tokenizer = tokenizer
         self._pad_id = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
+        self._attach_model()
+        self.statistics: Statistics | None = None
+        if statistics is not None:
+            self.set_statistics(statistics)
 
-        self.sites = select_sites(find_router_sites(self.model), list(layers) if layers is not None else None)
-        self.layers = None if layers is None else [int(layer) for layer in layers]
+    @classmethod
+    def build(cls, model: Any, *, owner: str = "MoEEmbedder", **options: Any) -> MoEEmbedder:
+        """The one way adapters take "an embedder, or a name plus options": an existing embedder is shared as is
+        (options would silently not apply to it, so they are refused), anything else builds one."""
+        if isinstance(model, cls):
+            if options:
+                raise TypeError(f"{owner} got an existing MoEEmbedder and embedder options {sorted(options)}; "
+                                "configure the embedder itself, or pass a model name instead")
+            return model
+        if not isinstance(model, (str, torch.nn.Module)):
+            raise TypeError(f"{owner}: model must be 'moee:<alias>', a hub id, a local directory or a MoEEmbedder, "
+                            f"got {type(model).__name__}")
+        return cls(model, **options)
+
+    def _apply_options(self, values: dict[str, Any]) -> None:
+        self.mode = values["mode"]
+        self.prompt = resolve_prompt(values["prompt"])
+        self.pooling = values["pooling"]
+        self.routing = values["routing"]
+        self.alpha = values["alpha"]
+        self.layers = values["layers"]
+        self.standardize = values["standardize"]
+        self.normalize = values["normalize"]
+        self._dtype_arg = values["dtype"]
+        self.quantization = values["quantization"]
+        self.max_length = values["max_length"]
+        self.batch_size = values["batch_size"]
+        self.max_tokens_per_batch = values["max_tokens_per_batch"]
+        self.trust_remote_code = values["trust_remote_code"]
+        self.model_kwargs = values["model_kwargs"]
+
+    def _attach_model(self) -> None:
+        """Everything derived from the loaded model (router sites hold closures: rebuilt after unpickling)."""
+        self.sites = select_sites(find_router_sites(self.model), self.layers)
         self.layout = self._layout()
         self.hidden_dim = int(self.model.config.hidden_size)
         self.routing_dim = self.layout[-1].stop
         self._input_device = input_device(self.model, self.device)
         self._row_cap: int | None = None  # lowered for the rest of the run after an out-of-memory split
         self._lock = threading.RLock()
-        self.statistics: Statistics | None = None
-        if statistics is not None:
-            self.set_statistics(statistics)
-
-    # ------------------------------------------------------------------ options
-    @staticmethod
-    def _validate_options(mode, pooling, routing, alpha, standardize, quantization, max_length, batch_size,
-                          max_tokens_per_batch, layers) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if routing not in ROUTING_KINDS:
-            raise ValueError(f"routing must be one of {ROUTING_KINDS}, got {routing!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        if standardize not in STANDARDIZE:
-            raise ValueError(f"standardize must be 'auto' or None, got {standardize!r}")
-        if quantization is not None and quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be None or one of {QUANTIZATIONS}, got {quantization!r}")
-        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if max_tokens_per_batch is not None and (not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch < 1):
-            raise ValueError(f"max_tokens_per_batch must be None or a positive integer, got {max_tokens_per_batch!r}")
-        if layers is not None and (isinstance(layers, (str, bytes)) or not all(isinstance(x, int) for x in layers)):
-            raise TypeError(f"layers must be a sequence of decoder-layer indices, got {layers!r}")
+        self._calibrated_once = False
+        self._device_statistics: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def _layout(self) -> list[RouterBlock]:
         blocks, start = [], 0
@@ -208,7 +224,11 @@ class MoEEmbedder:
     @property
     def dim(self) -> int:
         """Length of the vectors :meth:`encode` returns."""
-        return {"hs": self.hidden_dim, "rw": self.routing_dim}.get(self.mode, self.hidden_dim + self.routing_dim)
+        return self.dim_of(self.mode)
+
+    def dim_of(self, mode: str) -> int:
+        """Length of the vectors of ``mode``."""
+        return {"hs": self.hidden_dim, "rw": self.routing_dim}.get(mode, self.hidden_dim + self.routing_dim)
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.dim
@@ -218,13 +238,26 @@ class MoEEmbedder:
         """Decoder layers whose routers feed the embedding."""
         return sorted({site.layer for site in self.sites})
 
-    # ------------------------------------------------------------------ encoding
+    # ------------------------------------------------------------------ prompts and tokens
+    def prompt_for(self, prompt: str | PromptTemplate | None = None) -> PromptTemplate:
+        """The one prompt rule every adapter uses for per-call prompts (queries, documents, words).
+
+        ``None``/``""``: the embedder's template; a preset (``prompteol``, ``none``, ``raw``) or a template
+        with ``{text}``: that template; any other string (``"query: "``) is an instruction put in front of
+        the embedder's template, so PromptEOL still ends the input and truncation never cuts either.
+        """
+        return instruction_template(self.prompt, prompt)
+
     def tokenize(self, texts: Sequence[str], prompt: str | PromptTemplate | None = None) -> list[list[int]]:
         """Token ids the model will see for each text (prompt applied, truncated inside the prompt)."""
-        items, _ = _check_texts(texts)
-        template = self.prompt if prompt is None else resolve_prompt(prompt)
-        return tokenize(self.tokenizer, template, items, self.max_length)
+        items, _ = check_texts(texts)
+        return tokenize(self.tokenizer, self.prompt_for(prompt), items, self.max_length)
 
+    def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` padded the way :meth:`encode_features` expects them."""
+        return left_pad([list(row) for row in token_ids], self._pad_id)
+
+    # ------------------------------------------------------------------ encoding
     def encode_parts(
         self,
         texts: str | Sequence[str],
@@ -239,9 +272,9 @@ class MoEEmbedder:
         ``progress``: an open tqdm bar (or anything with ``update(n)``) to advance batch by batch instead
         of a bar of this call's own, e.g. one bar over a corpus encoded in several calls.
         """
-        items, _ = _check_texts(texts)
+        items, _ = check_texts(texts)
         token_ids = self.tokenize(items, prompt)
-        return self._encode_token_ids(token_ids, batch_size, show_progress_bar, progress)
+        return self._encode_token_ids(token_ids, self._batch_size(batch_size), show_progress_bar, progress)
 
     def encode_token_ids(
         self,
@@ -250,11 +283,8 @@ class MoEEmbedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> MoEEParts:
-        """The raw channels of already tokenised inputs (as :meth:`tokenize` returns them), in input order.
-
-        For frameworks that tokenise in one step and run the model in another (sentence-transformers).
-        """
-        if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
+        """The raw channels of already tokenised inputs (as :meth:`tokenize` returns them), in input order."""
+        if isinstance(token_ids, (str, bytes, Mapping, set, frozenset)) or not isinstance(token_ids, Iterable):
             raise TypeError(f"token_ids must be a sequence of token-id sequences, got {type(token_ids).__name__}")
         rows: list[list[int]] = []
         for i, row in enumerate(token_ids):
@@ -264,7 +294,7 @@ class MoEEmbedder:
             if not ids:
                 raise ValueError(f"token_ids[{i}] is empty: every input needs at least one token")
             rows.append(ids)
-        return self._encode_token_ids(rows, batch_size, show_progress_bar)
+        return self._encode_token_ids(rows, self._batch_size(batch_size), show_progress_bar)
 
     def encode(
         self,
@@ -273,30 +303,123 @@ class MoEEmbedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         prompt: str | PromptTemplate | None = None,
+        mode: str | None = None,
+        alpha: float | None = None,
     ) -> np.ndarray:
-        """float32 embeddings, (N, dim); a single string gives a 1-D vector."""
-        items, single = _check_texts(texts)
+        """float32 embeddings, (N, dim); a single string gives a 1-D vector.
+
+        ``mode``/``alpha`` override the embedder's for this call (the same forward pass serves every mode);
+        ``prompt`` follows :meth:`prompt_for`. Statistics are fixed first if the mode needs them
+        (:meth:`ensure_statistics`).
+        """
+        items, single = check_texts(texts)
+        mode = self._mode(mode)
+        self.ensure_statistics(mode)
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar, prompt=prompt)
-        vectors = self.combine(parts)
+        vectors = self.combine(parts, mode, alpha=alpha)
         return vectors[0] if single else vectors
 
     def combine(self, parts: MoEEParts, mode: str | None = None, *, alpha: float | None = None) -> np.ndarray:
-        """Vectors of ``mode`` (default: this embedder's) from raw parts: one forward pass serves every mode."""
-        mode = mode or self.mode
-        statistics = self._statistics_for(mode)
-        return combine(parts.hidden, parts.routing, mode, alpha=self.alpha if alpha is None else alpha,
-                       statistics=statistics, normalize=self.normalize)
+        """Vectors of ``mode`` (default: this embedder's) from raw parts: one forward pass serves every mode.
+
+        Pure: it never runs the model. A mode that standardises needs statistics first
+        (:meth:`ensure_statistics` or :meth:`calibrate`).
+        """
+        mode = self._mode(mode)
+        alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
+        vectors = combine(parts.hidden, parts.routing, mode, alpha=alpha, statistics=self._statistics_for(mode),
+                          normalize=self.normalize)
+        self._check_vectors(np.isfinite(vectors).all(axis=1))
+        return vectors
 
     def similarity(self, a: Any, b: Any, mode: str | None = None) -> np.ndarray:
         """The similarity this mode is defined with: cos(HS) + alpha cos(RW) for ``sum`` (a dot product
         of sum vectors), cosine for the other modes."""
         return similarity(np.asarray(a), np.asarray(b), mode or self.mode)
 
+    # ------------------------------------------------------------------ padded tensors (adapters)
+    def encode_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[HS | RW] raw and pooled, (N, hidden_dim + routing_dim) float32 on the model's device, from
+        tensors padded by :meth:`pad` (e.g. a framework's ``preprocess`` output). No host round trip."""
+        if not isinstance(input_ids, torch.Tensor) or not isinstance(attention_mask, torch.Tensor):
+            raise TypeError("encode_features needs input_ids and attention_mask tensors (see MoEEmbedder.pad)")
+        if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+            raise ValueError(f"input_ids and attention_mask must be 2-D of one shape, got {tuple(input_ids.shape)} "
+                             f"and {tuple(attention_mask.shape)}")
+        if input_ids.shape[0] == 0:
+            return torch.empty((0, self.hidden_dim + self.routing_dim), device=self._input_device)
+        capture = RoutingCapture(self.sites, self.pooling, self.routing)
+        with self._lock, torch.inference_mode(), capture.attached():
+            pooled = self._forward_padded(input_ids, attention_mask, capture)
+        finite = torch.isfinite(pooled).all(dim=1)
+        if not bool(finite.all()):
+            self._check_finite_rows(finite.cpu().numpy())
+        return pooled
+
+    def combine_features(self, pooled: torch.Tensor, mode: str | None = None, *, alpha: float | None = None) -> torch.Tensor:
+        """:meth:`combine` on the device: the vectors of ``mode`` from :meth:`encode_features`' output, float32."""
+        mode = self._mode(mode)
+        alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
+        statistics = self._statistics_for(mode)
+        values = pooled.double()
+        hidden, routing = values[:, : self.hidden_dim], values[:, self.hidden_dim :]
+        if statistics is not None:
+            mean_h, std_h, mean_r, std_r = self._statistics_on(values.device)
+            z_hidden, z_routing = (hidden - mean_h) / (std_h + EPSILON), (routing - mean_r) / (std_r + EPSILON)
+        else:
+            z_hidden, z_routing = hidden, routing
+        unit = _torch_unit_rows
+        if mode == "hs":
+            out = hidden
+        elif mode == "rw":
+            out = z_routing
+        elif mode == "concat":
+            out = torch.cat([z_hidden, z_routing], dim=1)
+        else:
+            out = torch.cat([unit(z_hidden), alpha**0.5 * unit(z_routing)], dim=1)
+        if mode != "sum" and self.normalize:
+            out = unit(out)
+        out = out.float()
+        finite = torch.isfinite(out).all(dim=1)
+        if not bool(finite.all()):
+            self._check_vectors(finite.cpu().numpy())
+        return out
+
+    def _statistics_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = str(device)
+        cached = self._device_statistics.get(key)
+        if cached is None or cached[-1] is not self.statistics:
+            s = self.statistics
+            assert s is not None
+            tensors = tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
+                            for a in (s.hidden.mean, s.hidden.std, s.routing.mean, s.routing.std))
+            cached = (*tensors, s)
+            self._device_statistics[key] = cached
+        return cached[:4]
+
     # ------------------------------------------------------------------ standardisation
+    def needs_statistics(self, mode: str | None = None) -> bool:
+        """Whether vectors of ``mode`` are standardised and no statistics are set yet."""
+        return self.standardize is not None and self._mode(mode) != "hs" and self.statistics is None
+
+    def ensure_statistics(self, mode: str | None = None) -> Statistics | None:
+        """Fix the standardisation statistics ``mode`` needs, calibrating once on the built-in sentences if
+        none are set (logged). Call it before encoding; :meth:`encode` does. Returns the statistics in use."""
+        if not self.needs_statistics(mode):
+            return self.statistics if self.standardize is not None else None
+        with self._lock:
+            if self.statistics is None:
+                sentences = list(calibration_sentences())
+                logger.info("calibrating on %d built-in sentences (once; call ensure_statistics() or calibrate() "
+                            "ahead of time, or pass statistics=, to choose when)", len(sentences))
+                parts = self.encode_parts(sentences, show_progress_bar=False)
+                self.statistics = Statistics.fit(parts.hidden, parts.routing, source="built-in calibration set")
+        return self.statistics
+
     def calibrate(self, texts: Sequence[str], *, batch_size: int | None = None,
                   show_progress_bar: bool | None = None) -> Statistics:
         """Fix the standardisation statistics from ``texts`` (at least 2; a few hundred varied ones is good)."""
-        items, single = _check_texts(texts)
+        items, single = check_texts(texts)
         if single:
             raise TypeError("calibrate() needs a sequence of texts, not a single string")
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
@@ -304,7 +427,13 @@ class MoEEmbedder:
         return self.statistics
 
     def set_statistics(self, statistics: Statistics | dict[str, Any]) -> None:
-        stats = statistics if isinstance(statistics, Statistics) else Statistics.from_dict(statistics)
+        if isinstance(statistics, Statistics):
+            stats = statistics
+        elif isinstance(statistics, Mapping):
+            stats = Statistics.from_dict(dict(statistics))
+        else:
+            raise TypeError(f"statistics must be a Statistics or its dict (Statistics.to_dict()), "
+                            f"got {type(statistics).__name__}: {statistics!r:.80}")
         stats.check_dims(self.hidden_dim, self.routing_dim)
         self.statistics = stats
 
@@ -312,13 +441,22 @@ class MoEEmbedder:
         if self.standardize is None or mode == "hs":
             return None
         if self.statistics is None:
-            with self._lock:
-                if self.statistics is None:
-                    sentences = calibration_sentences()
-                    logger.info("calibrating standardisation on %d built-in sentences", len(sentences))
-                    parts = self.encode_parts(list(sentences), show_progress_bar=False)
-                    self.statistics = Statistics.fit(parts.hidden, parts.routing, source="built-in calibration set")
+            raise RuntimeError(
+                f"mode {mode!r} standardises with fixed statistics and none are set: call "
+                "embedder.ensure_statistics() (built-in calibration sentences), embedder.calibrate(texts), or pass "
+                "statistics=...; combine() never runs the model"
+            )
         return self.statistics
+
+    def _mode(self, mode: str | None) -> str:
+        if mode is None:
+            return self.mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return mode
+
+    def _batch_size(self, batch_size: Any) -> int:
+        return self.batch_size if batch_size is None else opts.check_positive_int(batch_size)
 
     # ------------------------------------------------------------------ forward
     def _encode_token_ids(self, token_ids: list[list[int]], batch_size: int | None,
@@ -386,6 +524,11 @@ class MoEEmbedder:
         """One forward pass; pooling happens on the device. Returns [HS | RW] pooled, (rows, H + R) float32,
         still on the device."""
         input_ids, attention_mask = left_pad(rows, self._pad_id)
+        return self._forward_padded(input_ids, attention_mask, capture)
+
+    def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        capture: RoutingCapture) -> torch.Tensor:
+        """The forward pass on padded tensors (capture attached): [HS | RW] pooled on the device."""
         input_ids = input_ids.to(self._input_device)
         attention_mask = attention_mask.to(self._input_device)
         capture.start_batch(attention_mask)
@@ -398,54 +541,204 @@ class MoEEmbedder:
 
     @staticmethod
     def _check_finite(hidden: np.ndarray, routing: np.ndarray) -> None:
-        bad = np.flatnonzero(~(np.isfinite(hidden).all(axis=1) & np.isfinite(routing).all(axis=1)))
+        MoEEmbedder._check_finite_rows(np.isfinite(hidden).all(axis=1) & np.isfinite(routing).all(axis=1))
+
+    @staticmethod
+    def _check_finite_rows(finite: np.ndarray) -> None:
+        bad = np.flatnonzero(~finite)
         if bad.size:
             raise FloatingPointError(
                 f"the model produced non-finite hidden states or router scores for inputs {bad[:10].tolist()}"
                 f"{' ...' if bad.size > 10 else ''}; this usually means float16 overflow: use dtype='bfloat16' or 'float32'"
             )
 
+    @staticmethod
+    def _check_vectors(finite: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.asarray(finite))
+        if bad.size:
+            raise FloatingPointError(
+                f"the vectors of inputs {bad[:10].tolist()}{' ...' if bad.size > 10 else ''} are not finite after "
+                "standardisation and combination; check the statistics (set_statistics / moee_statistics.json) and alpha"
+            )
+
     # ------------------------------------------------------------------ configuration
     @property
     def config(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict that fully describes this embedder (statistics included)."""
-        return {
-            "model": self._model_ref,
-            "tokenizer": self._tokenizer_ref,
-            "mode": self.mode,
-            "prompt": prompt_to_config(self.prompt),
-            "pooling": self.pooling,
-            "routing": self.routing,
-            "alpha": self.alpha,
-            "layers": self.layers,
-            "standardize": self.standardize,
-            "normalize": self.normalize,
-            "dtype": dtype_name(self._dtype_arg),
-            "quantization": self.quantization,
-            "max_length": self.max_length,
-            "batch_size": self.batch_size,
-            "max_tokens_per_batch": self.max_tokens_per_batch,
-            "trust_remote_code": self.trust_remote_code,
-            "model_kwargs": self.model_kwargs,
-            "statistics": self.statistics.to_dict() if self.statistics is not None else None,
-            "moee_plugins_version": __version__,
-        }
+        config: dict[str, Any] = {"model": self._model_ref}
+        config.update(self.options_config())
+        reduction = getattr(self, "reduction", None)
+        config["statistics"] = self.statistics.to_dict() if self.statistics is not None else None
+        config["reduction"] = reduction.to_dict() if hasattr(reduction, "to_dict") else reduction
+        config["moee_plugins_version"] = __version__
+        return config
+
+    def options_config(self) -> dict[str, Any]:
+        """Every option of :data:`moee_plugins.core.options.OPTIONS`, as this embedder has it (JSON-ready)."""
+        values = dict(self.options)
+        values.update(mode=self.mode, alpha=self.alpha, normalize=self.normalize, max_length=self.max_length,
+                      batch_size=self.batch_size, max_tokens_per_batch=self.max_tokens_per_batch)
+        values["prompt"] = opts.OPTIONS["prompt"].check(self.prompt)
+        values["tokenizer"] = self._tokenizer_ref
+        return {name: values[name] for name in opts.OPTIONS}
+
+    @property
+    def model_reference(self) -> str:
+        """The model as another process can load it: an alias's target, a local directory made absolute."""
+        path = str(self.model_path)
+        return os.path.abspath(path) if os.path.isdir(path) else path
+
+    @property
+    def portable_config(self) -> dict[str, Any]:
+        """:attr:`config` with the model reference resolved (no alias registry needed to load it)."""
+        return dict(self.config, model=self.model_reference)
+
+    def fingerprint(self, kind: str = "vectors") -> dict[str, Any]:
+        """What the ``kind`` (``"vectors"`` or ``"parts"``) of an input depends on, from the options table:
+        the options of that kind, the resolved model and dtype, the shapes, and for vectors the statistics."""
+        if kind not in ("vectors", "parts"):
+            raise ValueError(f"kind must be 'vectors' or 'parts', got {kind!r}")
+        config = self.options_config()
+        out = opts.vector_options(config) if kind == "vectors" else opts.parts_options(config)
+        out.update(model=self.model_reference, resolved_dtype=str(self.dtype).removeprefix("torch."),
+                   hidden_dim=self.hidden_dim, routing_dim=self.routing_dim)
+        if kind == "vectors":
+            full = self.config
+            out["statistics_sha256"] = opts.digest(full["statistics"], 64) if full["statistics"] is not None else None
+            out["reduction"] = full["reduction"]
+            out["dim"] = self.dim
+        return out
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, model: Any = None, tokenizer: Any = None,
-                    **overrides: Any) -> MoEEmbedder:
-        """Rebuild an embedder from :attr:`config`; ``model``/``tokenizer`` reuse already loaded objects."""
-        unknown = set(config) - set(CONFIG_KEYS) - {"statistics", "moee_plugins_version"}
-        if unknown:
-            raise ValueError(f"unknown MoEEmbedder config keys: {sorted(unknown)}")
-        kwargs = {k: config[k] for k in CONFIG_KEYS if k in config and k not in ("model", "tokenizer")}
+                    trust_remote_code: bool = False, **overrides: Any) -> MoEEmbedder:
+        """Rebuild an embedder from :attr:`config`; ``model``/``tokenizer`` reuse already loaded objects.
+
+        ``trust_remote_code`` is the loading caller's choice alone: a config (a file someone sent) that
+        says ``"trust_remote_code": true`` never switches remote code on by itself.
+        """
+        kwargs = opts.options_from_config(config, trust_remote_code=trust_remote_code)
+        if config.get("trust_remote_code") and not trust_remote_code:
+            logger.warning("ignoring trust_remote_code=true in a config: only the caller can allow a model's own "
+                           "code to run (from_config(..., trust_remote_code=True))")
+        if model is None and not config.get("model"):
+            raise ValueError("a MoEEmbedder config needs a 'model' entry (a hub id, a directory or 'moee:<alias>'), "
+                             f"got keys {sorted(config)}")
+        config_tokenizer = kwargs.pop("tokenizer", None)
         kwargs.update(overrides)
-        statistics = config.get("statistics")
+        state = {k: config[k] for k in opts.STATE_KEYS if config.get(k) is not None}
+        state.update({k: kwargs.pop(k) for k in opts.STATE_KEYS if k in kwargs})
         return cls(model if model is not None else config["model"],
-                   tokenizer if tokenizer is not None else config.get("tokenizer"),
-                   statistics=statistics, **kwargs)
+                   tokenizer if tokenizer is not None else config_tokenizer, **state, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike[str], *, include_weights: bool = False,
+                        source: str | None = None, safe_serialization: bool = True) -> Path:
+        """Write a complete, portable embedder folder: ``moee_config.json`` (options, resolved model reference),
+        ``moee_statistics.json``, the tokenizer, and with ``include_weights`` the base model in ``moee_model/``.
+
+        Statistics are fixed first (:meth:`ensure_statistics`), so a reload never recalibrates.
+        """
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.ensure_statistics()
+        weights = None
+        if include_weights:
+            weights = WEIGHTS_DIR
+            self.model.save_pretrained(path / WEIGHTS_DIR, safe_serialization=safe_serialization)
+        config = self.portable_config
+        statistics = config.pop("statistics")
+        config.pop("moee_plugins_version")
+        config["tokenizer"] = None  # saved next to the config
+        saved = {"format": FOLDER_FORMATS[0], "format_version": FOLDER_FORMAT_VERSION,
+                 "moee_plugins_version": __version__, "source": source or self._model_ref, "weights": weights,
+                 "embedder": config}
+        (path / CONFIG_FILE).write_text(json.dumps(saved, indent=2), encoding="utf-8")
+        if statistics is not None:
+            (path / STATISTICS_FILE).write_text(json.dumps(statistics), encoding="utf-8")
+        self.tokenizer.save_pretrained(str(path))
+        return path
+
+    @staticmethod
+    def read_folder(directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """The saved ``moee_config.json`` of a folder, checked: its format, and that a weights entry stays
+        inside the folder (a received folder must never make us load some other local model)."""
+        path = Path(directory)
+        config_path = path / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{path} is not a saved MoEE embedder: no {CONFIG_FILE}")
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("format") not in FOLDER_FORMATS or not isinstance(
+                saved.get("embedder"), dict):
+            raise ValueError(f"{config_path} is not a MoEE configuration (format {FOLDER_FORMATS[0]!r})")
+        if int(saved.get("format_version", 0)) > FOLDER_FORMAT_VERSION:
+            raise ValueError(f"{path} was saved by a newer moee-plugins (format {saved['format_version']}); "
+                             "upgrade moee-plugins to load it")
+        weights = saved.get("weights")
+        if weights:
+            inside = path.resolve()
+            target = (path / str(weights)).resolve()
+            if (not isinstance(weights, str) or os.path.isabs(weights) or ".." in Path(weights).parts
+                    or inside not in (target, *target.parents) or target == inside):
+                raise ValueError(f"{config_path}: weights entry {weights!r} points outside the folder; a saved MoEE "
+                                 "folder may only reference weights inside itself (e.g. 'moee_model')")
+            saved["weights_path"] = str(target)
+        statistics_path = path / STATISTICS_FILE
+        if statistics_path.is_file():
+            saved["statistics"] = json.loads(statistics_path.read_text(encoding="utf-8"))
+        return saved
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], *, trust_remote_code: bool = False,
+                        tokenizer: Any = None, **overrides: Any) -> MoEEmbedder:
+        """Load a folder written by :meth:`save_pretrained` (or saved by the sentence-transformers adapter).
+
+        ``trust_remote_code`` is the caller's alone (never the folder's); ``overrides`` replace saved options
+        (e.g. ``device="cuda"``, ``batch_size=64``).
+        """
+        saved = cls.read_folder(directory)
+        config = dict(saved["embedder"])
+        if saved.get("statistics") is not None:
+            config["statistics"] = saved["statistics"]
+        if saved.get("weights_path"):
+            config["model"] = saved["weights_path"]
+        if tokenizer is None:
+            tokenizer = load_tokenizer(str(directory), bool(trust_remote_code))
+        return cls.from_config(config, tokenizer=tokenizer, trust_remote_code=trust_remote_code, **overrides)
+
+    # ------------------------------------------------------------------ placement and pickling
+    def to(self, device: str | torch.device) -> MoEEmbedder:
+        """Move the model to ``device`` (dtype unchanged) and follow it; returns ``self``."""
+        target = torch.device(device)
+        with self._lock:
+            if getattr(self.model, "hf_device_map", None) is None:
+                self.model.to(target)
+            self.follow_model(target)
+        return self
+
+    def follow_model(self, fallback: torch.device | None = None) -> None:
+        """Re-read where the model lives after someone else moved it (e.g. a framework's ``.to()``)."""
+        self._input_device = input_device(self.model, fallback or self.device)
+        self.device = self._input_device
+        self._device_statistics = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_lock", "sites", "layout", "_device_statistics"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        statistics = state.get("statistics")
+        self.__dict__.update(state)
+        self._attach_model()
+        self.statistics = statistics
 
     def __repr__(self) -> str:
         return (f"MoEEmbedder(model={self._model_ref!r}, mode={self.mode!r}, prompt={self.prompt.name!r}, "
                 f"pooling={self.pooling!r}, routing={self.routing!r}, dim={self.dim}, "
                 f"moe_layers={len(self.moe_layers)}, device={str(self.device)!r})")
+
+
+def _torch_unit_rows(values: torch.Tensor) -> torch.Tensor:
+    return values / values.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

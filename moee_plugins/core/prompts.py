@@ -75,3 +75,23 @@ def prompt_to_config(prompt: PromptTemplate) -> str:
     if PRESETS.get(prompt.name) == prompt:
         return prompt.name
     return prompt.prefix + "{text}" + prompt.suffix
+
+
+def instruction_template(base: PromptTemplate, prompt: str | PromptTemplate | None) -> PromptTemplate:
+    """The one rule for per-call prompts (queries, documents, words) in every adapter.
+
+    - ``None`` or ``""``: ``base`` (the embedder's own template);
+    - a :class:`PromptTemplate`, a preset name (``prompteol``, ``none``, ``raw``) or a template with ``{text}``:
+      that template;
+    - any other string (``"query: "``): an instruction put in front of ``base``, so neither the instruction
+      nor the template's end is ever truncated and PromptEOL still ends the input.
+    """
+    if prompt is None or prompt == "":
+        return base
+    if isinstance(prompt, PromptTemplate):
+        return prompt
+    if not isinstance(prompt, str):
+        raise TypeError(f"a prompt must be a string or a PromptTemplate, got {type(prompt).__name__}")
+    if "{text}" in prompt or prompt.lower() in PRESETS:
+        return resolve_prompt(prompt)
+    return PromptTemplate(f"{prompt}+{base.name}", prompt + base.prefix, base.suffix, base.preprocess)

@@ -28,10 +28,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KEY_BYTES = 16
-# embedder settings that change neither the forward pass nor the pooled raw channels
-# (nor does the name the model was given by: "moee:olmoe" and its hub id share a cache)
-_NOT_IN_PARTS = ("mode", "alpha", "normalize", "standardize", "statistics", "batch_size", "max_tokens_per_batch",
-                 "prompt", "tokenizer", "model")
 
 
 def parts_fingerprint(embedder: MoEEmbedder) -> tuple[str, dict[str, Any]]:
@@ -39,16 +35,14 @@ def parts_fingerprint(embedder: MoEEmbedder) -> tuple[str, dict[str, Any]]:
 
     The prompt is not part of it (it is part of each entry's key): one directory serves every prompt.
     """
-    config = {k: v for k, v in embedder.config.items() if k not in _NOT_IN_PARTS}
-    path = str(getattr(embedder, "model_path", "") or embedder.config["model"])
-    config["model_path"] = os.path.abspath(path) if os.path.isdir(path) else path
+    # the core's parts fingerprint (options of kind "parts", resolved model and dtype, shapes) names the directory;
+    # the prompt is part of each entry's key instead, and "moee:olmoe" and its hub id share a cache
+    config = embedder.fingerprint("parts")
+    config.pop("prompt", None)
     config["model_config_sha256"] = hashlib.sha256(
         json.dumps(embedder.model.config.to_dict(), sort_keys=True, default=str).encode("utf-8")
     ).hexdigest()
-    config["resolved_dtype"] = str(embedder.dtype)  # "auto" is bfloat16 on CUDA, float32 on CPU
     config["tokenizer_vocab_size"] = len(embedder.tokenizer)
-    config["hidden_dim"] = embedder.hidden_dim
-    config["routing_dim"] = embedder.routing_dim
     blob = json.dumps(config, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16], config
 

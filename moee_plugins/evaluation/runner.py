@@ -139,7 +139,7 @@ def run(
         embedder_kwargs: :class:`MoEEmbedder` options when ``model`` is not an embedder.
     """
     mteb = require("mteb", "mteb", feature="moee_plugins.evaluation")
-    from ..mteb import MoEEMTEBModel
+    from .mteb import MoEEMTEBModel
 
     task_list = resolve_tasks(tasks, benchmark)
     mode_list = parse_modes(modes)

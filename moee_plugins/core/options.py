@@ -1,0 +1,286 @@
+"""The one declared table of :class:`~moee_plugins.MoEEmbedder` options.
+
+Each option has a default, a check that validates and normalises a value once (numpy scalars become
+Python numbers, ``torch.float16`` becomes ``"float16"``), and a kind saying what it changes:
+
+- ``parts``: the raw channels (HS, RW) a text gets: caches of parts and fingerprints must include it;
+- ``vectors``: only how parts become vectors (mode, alpha, standardisation): parts can be reused;
+- ``runtime``: neither (batching, consent to run code): never part of a fingerprint.
+
+The table drives the embedder's ``config``, ``from_config``, alias defaults, fingerprints and the
+adapters' option splitting, so no other module lists option names by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .combine import MODES
+from .pooling import POOLINGS
+from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
+from .routers import ROUTING_KINDS
+
+Kind = Literal["parts", "vectors", "runtime"]
+
+QUANTIZATIONS = ("4bit", "8bit")
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+_TORCH_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+MAX_ALPHA = 1e6
+# what model_kwargs may not carry: each has its own option, and consent to run code is the caller's alone
+_RESERVED_MODEL_KWARGS = {
+    "trust_remote_code": "pass trust_remote_code=... to MoEEmbedder itself (it is never read from model_kwargs)",
+    "dtype": "use the dtype option", "torch_dtype": "use the dtype option",
+    "quantization_config": "use the quantization option", "config": "pass a loaded model instead",
+}
+
+
+class _Default:
+    """Marks an argument the caller did not give (so an alias's default, then the table's, applies)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+    def __reduce__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _int(name: str, value: Any, *, minimum: int = 1, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        what = "None or a positive integer" if optional else "a positive integer"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_alpha(value: Any) -> float:
+    """A finite weight in [0, 1e6]: larger values only overflow, they never change a ranking further."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
+        raise ValueError(f"alpha must be a finite number >= 0, got {value!r}")
+    alpha = float(value)
+    if not 0 <= alpha <= MAX_ALPHA:
+        raise ValueError(f"alpha must be a finite number >= 0 and at most {MAX_ALPHA:g}, got {value!r}")
+    return alpha
+
+
+def check_positive_int(value: Any, name: str = "batch_size") -> int:
+    """A positive integer (numpy integers accepted), named ``name`` in the error."""
+    return _int(name, value)  # type: ignore[return-value]
+
+
+def _choice(name: str, choices: tuple[Any, ...]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, (str, type(None))) or value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        return value
+
+    return check
+
+
+def _mode(value: Any) -> str:
+    return _choice("mode", MODES)(value)
+
+
+def _prompt(value: Any) -> str:
+    if not isinstance(value, (str, PromptTemplate)):
+        raise TypeError(f"prompt must be a preset name or a template string with '{{text}}', got {type(value).__name__}")
+    return prompt_to_config(resolve_prompt(value))
+
+
+def _standardize(value: Any) -> str | None:
+    if value not in ("auto", None) or isinstance(value, bool):
+        raise ValueError(f"standardize must be 'auto' or None, got {value!r}")
+    return value
+
+
+def _normalize(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"normalize must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _layers(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"layers must be a sequence of decoder-layer indices, got {value!r}")
+    items = list(value)
+    if any(isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral) for x in items):
+        raise TypeError(f"layers must be a sequence of decoder-layer indices, got {value!r}")
+    if not items:
+        raise ValueError("layers=[] selects no router: give at least one MoE layer index, or None for all of them")
+    return [int(x) for x in items]
+
+
+def _dtype(value: Any) -> str:
+    if isinstance(value, torch.dtype):
+        if value not in _TORCH_DTYPES:
+            raise ValueError(f"dtype {value} is not supported: use 'auto', 'float32', 'bfloat16' or 'float16'")
+        return _TORCH_DTYPES[value]
+    if not isinstance(value, str) or value not in DTYPES:
+        raise ValueError(f"dtype must be 'auto', one of {sorted(set(DTYPES) - {'auto'})} or a torch.dtype, got {value!r}")
+    return value
+
+
+def _quantization(value: Any) -> str | None:
+    if value is not None and value not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be None or one of {QUANTIZATIONS}, got {value!r}")
+    return value
+
+
+def _tokenizer(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"tokenizer (in a config) must be None or a hub id / directory, got {type(value).__name__}")
+    return value
+
+
+def _trust(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"trust_remote_code must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _model_kwargs(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"model_kwargs must be a dict of from_pretrained arguments, got {type(value).__name__}: "
+                        f"{value!r:.80}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"model_kwargs keys must be strings, got {key!r}")
+        if key in _RESERVED_MODEL_KWARGS:
+            raise ValueError(f"model_kwargs may not set {key!r}: {_RESERVED_MODEL_KWARGS[key]}")
+    return dict(value)
+
+
+# ---------------------------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Option:
+    """One embedder option: its default, its check, and what it changes."""
+
+    name: str
+    default: Any
+    kind: Kind
+    check: Callable[[Any], Any]
+    help: str
+    from_alias: bool = True  # may a ModelAlias's defaults set it
+    from_file: bool = True  # is a saved config's value honoured (never for consent to run code)
+
+
+OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("tokenizer", None, "parts", _tokenizer, "hub id or directory of the tokenizer (default: the model's)",
+           from_alias=False),
+    Option("mode", "sum", "vectors", _mode, "hs, rw, concat or sum"),
+    Option("prompt", "prompteol", "parts", _prompt, "prompteol, none, raw or a template with {text}"),
+    Option("pooling", "last", "parts", _choice("pooling", POOLINGS), "last (last real token) or mean"),
+    Option("routing", "logits", "parts", _choice("routing", ROUTING_KINDS), "logits or probs"),
+    Option("alpha", 1.0, "vectors", check_alpha, "weight of cos(RW) in sum mode, 0..1e6"),
+    Option("layers", None, "parts", _layers, "decoder layers whose routers to use (None: all)"),
+    Option("standardize", "auto", "vectors", _standardize, "'auto' (fixed statistics) or None"),
+    Option("normalize", True, "vectors", _normalize, "L2-normalise hs/rw/concat vectors"),
+    Option("dtype", "auto", "parts", _dtype, "auto, float32, bfloat16 or float16"),
+    Option("quantization", None, "parts", _quantization, "None, 4bit or 8bit (routers stay full precision)"),
+    Option("max_length", 512, "parts", lambda v: _int("max_length", v), "tokens per text, prompt included"),
+    Option("batch_size", 32, "runtime", check_positive_int, "row cap of a forward pass"),
+    Option("max_tokens_per_batch", None, "runtime", lambda v: _int("max_tokens_per_batch", v, optional=True),
+           "padded-token budget of a forward pass"),
+    Option("trust_remote_code", False, "runtime", _trust, "run a checkpoint's own code (the caller's choice only)",
+           from_alias=False, from_file=False),
+    Option("model_kwargs", None, "parts", _model_kwargs, "extra from_pretrained arguments"),
+)}
+"""Every option, in config order."""
+
+STATE_KEYS = ("statistics", "reduction")
+"""Config entries that are fitted state, not options (restored by ``from_config``)."""
+INFO_KEYS = ("model", "moee_plugins_version")
+
+
+def names(kind: Kind | None = None) -> tuple[str, ...]:
+    """Option names, all of them or those of one kind."""
+    return tuple(name for name, o in OPTIONS.items() if kind is None or o.kind == kind)
+
+
+def validate(values: Mapping[str, Any], *, source: str = "") -> dict[str, Any]:
+    """``values`` checked and normalised; an unknown name is an error that lists the valid ones."""
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        where = f" in {source}" if source else ""
+        raise TypeError(f"unknown MoEEmbedder option(s){where}: {unknown}; valid options: {sorted(OPTIONS)}")
+    return {name: OPTIONS[name].check(value) for name, value in values.items()}
+
+
+def resolve(given: Mapping[str, Any], alias_defaults: Mapping[str, Any] | None = None,
+            alias_name: str = "") -> dict[str, Any]:
+    """Every option: what the caller gave, else the alias's default, else the table's, validated once."""
+    alias_defaults = dict(alias_defaults or {})
+    refused = sorted(k for k in alias_defaults if k in OPTIONS and not OPTIONS[k].from_alias)
+    if refused:
+        raise ValueError(f"alias {alias_name!r} may not set {refused} as defaults")
+    alias_values = validate(alias_defaults, source=f"the defaults of alias {alias_name!r}")
+    chosen = validate({k: v for k, v in given.items() if v is not DEFAULT})
+    out = {}
+    for name, option in OPTIONS.items():
+        if name in chosen:
+            out[name] = chosen[name]
+        elif name in alias_values:
+            out[name] = alias_values[name]
+        else:
+            out[name] = option.check(option.default)
+    return out
+
+
+def split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(embedder options, everything else): for adapters whose one dict mixes both."""
+    ours = {k: v for k, v in values.items() if k in OPTIONS or k in STATE_KEYS}
+    return ours, {k: v for k, v in values.items() if k not in ours}
+
+
+def options_from_config(config: Mapping[str, Any], *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The options a saved config asks for, with consent to run code set by the LOADING caller, never the file."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"a MoEEmbedder config must be a dict, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(OPTIONS) - set(STATE_KEYS) - set(INFO_KEYS))
+    if unknown:
+        raise ValueError(f"unknown MoEEmbedder config keys: {unknown}; valid: {sorted(OPTIONS)}")
+    out = {k: v for k, v in config.items() if k in OPTIONS and OPTIONS[k].from_file}
+    out["trust_remote_code"] = _trust(trust_remote_code)
+    return out
+
+
+def of_kind(config: Mapping[str, Any], *kinds: Kind) -> dict[str, Any]:
+    """The options of ``config`` whose kind is one of ``kinds``."""
+    return {k: config[k] for k, o in OPTIONS.items() if o.kind in kinds and k in config}
+
+
+def parts_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that change the raw parts (HS, RW) of a text."""
+    return of_kind(config, "parts")
+
+
+def vector_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that change a vector (raw parts or their combination); batching and consent are left out."""
+    return of_kind(config, "parts", "vectors")
+
+
+def digest(value: Any, length: int = 16) -> str:
+    """A short SHA-256 of a JSON-serialisable value (keys sorted)."""
+    blob = json.dumps(value, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def options_table() -> list[dict[str, Any]]:
+    """The table itself as plain data (for docs and ``--help``)."""
+    return [{"name": o.name, "default": o.default, "kind": o.kind, "help": o.help} for o in OPTIONS.values()]
