@@ -30,7 +30,6 @@ from ._options import add_model_options, embedder_kwargs
 DEFAULT_SHARD_SIZE = 1024
 STATISTICS_FORMAT = "moee-statistics"
 # config keys that change the raw parts (HS, RW) and so the statistics fitted on them
-RAW_PART_KEYS = ("prompt", "pooling", "routing", "layers", "dtype", "quantization", "max_length", "model_kwargs")
 
 
 class EmbedError(UsageError):
@@ -109,17 +108,17 @@ def build_embedder(args: argparse.Namespace) -> Any:
 
 
 def settings_fingerprint(embedder: Any) -> dict[str, Any]:
-    """The options that determine the vectors: the embedder's config with its dtype resolved.
+    """The options that determine the vectors (the core's options table decides which): the embedder's
+    config without runtime options (batching regroups the same computation, so a resumed run may change it,
+    e.g. after running out of memory), with its dtype resolved; the statistics are fingerprinted on their own."""
+    from ..core import options
 
-    Batch size and token budget only regroup the same computation, so a resumed run may change them
-    (e.g. after running out of memory); the statistics are fingerprinted on their own.
-    """
-    config = dict(embedder.config)
-    for key in ("statistics", "batch_size", "max_tokens_per_batch"):
-        config.pop(key, None)
-    config["dtype"] = str(embedder.dtype).removeprefix("torch.")
-    config["dim"] = int(embedder.dim)
-    return config
+    config = embedder.config
+    settings = {"model": config.get("model"), **options.vector_options(config),
+                "moee_plugins_version": config.get("moee_plugins_version")}
+    settings["dtype"] = str(embedder.dtype).removeprefix("torch.")
+    settings["dim"] = int(embedder.dim)
+    return settings
 
 
 def model_fingerprint(embedder: Any) -> dict[str, Any]:
@@ -225,8 +224,10 @@ def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, An
 
 def raw_part_settings(embedder: Any) -> dict[str, Any]:
     """The settings standardisation statistics depend on (those that change the raw HS/RW parts)."""
+    from ..core import options
+
     settings = settings_fingerprint(embedder)
-    raw = {key: settings.get(key) for key in RAW_PART_KEYS}
+    raw = {key: settings.get(key) for key in options.names("parts") if key != "tokenizer"}  # tokenizer: by its files
     files = model_fingerprint(embedder)
     raw["model_files"] = files  # the same files under another name (an alias, a copy) are the same model
     if files.get("model") is None:  # a hub id not in the local cache: only its name identifies it
