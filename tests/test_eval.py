@@ -316,16 +316,24 @@ def test_cli_eval_rejects_bad_input(args, message, tmp_path, capsys):
 
 
 def test_published_figures_beside_ours_for_a_paper_model():
-    rows = [TaskRow("A", "STS", "cosine_spearman", scores={"hs": 0.5, "sum": 0.6})]
+    rows = [TaskRow("STS12", "STS", "cosine_spearman", scores={"hs": 0.5, "sum": 0.6})]
     report = EvalReport(model="moee:olmoe", model_id="allenai/OLMoE-1B-7B-0924", name="moee/OLMoE-1B-7B-0924",
                         revision="r", prompt="prompteol", modes=["hs", "sum"], alpha=1.0, tasks=rows)
     text = report.to_markdown()
-    assert "| paper (OLMoE-1B-7B) | HS | n/a | n/a | n/a | n/a | n/a | n/a | 53.72 |" in text
-    assert "| paper (OLMoE-1B-7B) | MoEE (sum) | n/a | n/a | n/a | n/a | n/a | n/a | 55.16 |" in text
+    # Table 4 of the paper (PromptEOL), every category, and Table 8-12's STS12 beside ours
+    assert "| paper (OLMoE-1B-7B) | HS | 58.18 | 32.83 | 72.10 | 58.31 | 72.91 | 27.96 | 53.72 |" in text
+    assert "| paper (OLMoE-1B-7B) | MoEE (sum) | 57.46 | 36.46 | 71.26 | 60.43 | 74.63 | 30.71 | 55.16 |" in text
     assert "| this run | MoEE (sum) | n/a | n/a | n/a | n/a | 60.00 | n/a | 60.00 |" in text
-    assert report.to_dict()["published"]["source"] == "arXiv:2410.10814"
-    other_prompt = EvalReport(**{**report.__dict__, "prompt": "none"})
-    assert "paper (" not in other_prompt.to_markdown()  # the figures are PromptEOL's
+    published = report.to_dict()["published"]
+    assert published["source"] == "arXiv:2410.10814"
+    paper_hs, paper_sum = published["tasks"]["hs"]["STS12"], published["tasks"]["sum"]["STS12"]
+    assert f"| STS12 | STS | `cosine_spearman` | 50.00 | 60.00 | {paper_hs:.2f} | {paper_sum:.2f} |" in text
+    no_prompt = EvalReport(**{**report.__dict__, "prompt": "none"}).to_markdown()  # Table 3's figures
+    assert "| paper (OLMoE-1B-7B) | MoEE (sum) | 48.54 | 30.67 | 50.93 | 47.77 | 49.45 | 28.77 | 42.69 |" in no_prompt
+    custom = EvalReport(**{**report.__dict__, "prompt": "Q: {text}"}).to_markdown()
+    assert "paper (" not in custom  # the paper evaluated only these two prompts
+    other_model = EvalReport(**{**report.__dict__, "model": "x", "model_id": "someone/other-moe"}).to_markdown()
+    assert "paper (" not in other_model
 
 
 def test_options_and_tasks_are_validated():

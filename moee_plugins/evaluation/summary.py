@@ -52,15 +52,14 @@ def published_results() -> dict[str, Any]:
 
 
 def published_for(model_ids: list[str], prompt: str) -> dict[str, Any] | None:
-    """The published entry (label, scores by mode) of the first of ``model_ids`` the paper evaluated with ``prompt``."""
-    data = published_results()
-    if not data or data.get("prompt") != prompt:
-        return None
-    models = {key.lower(): value for key, value in data.get("models", {}).items()}
+    """The paper's figures for the first of ``model_ids`` it evaluated with ``prompt``: ``label``, ``scores``
+    (mode -> column label -> x100) and ``tasks`` (mode -> MTEB task name -> x100); ``None`` if it has none."""
+    models = {key.lower(): value for key, value in published_results().get("models", {}).items()}
     for model_id in model_ids:
         entry = models.get(str(model_id).rstrip("/").lower())
-        if entry is not None:
-            return entry
+        figures = (entry or {}).get("prompts", {}).get(prompt)
+        if figures:
+            return {"label": entry["label"], "scores": figures.get("scores", {}), "tasks": figures.get("tasks", {})}
     return None
 
 
@@ -171,10 +170,12 @@ def render_markdown(report: EvalReport) -> str:
         "the task's MTEB main score. MoEE (sum) is scored with cos(HS) + alpha cos(RW) in every task type.",
     ]
     if published:
-        lines.append(f"Published figures: {PAPER} ({published['label']}, PromptEOL), from "
-                     "`moee_plugins/evaluation/paper_results.json` (only the figures found are stored; "
-                     "`n/a` = not stored). They compare with this run only on the full `moee-paper` benchmark.")
-    mode_labels = [MODE_LABELS[m] for m in report.modes]
+        lines.append(f"Published figures: {PAPER} ({published['label']}, prompt `{report.prompt}`, Tables 3-4 and "
+                     "8-12), from `moee_plugins/evaluation/paper_results.json`. The paper ran 4-bit weights with "
+                     "per-batch z-scoring; its averages compare with this run only on the full `moee-paper` benchmark.")
+    paper_tasks = (published or {}).get("tasks", {})
+    paper_modes = [m for m in report.modes if paper_tasks.get(m)]
+    mode_labels = [MODE_LABELS[m] for m in report.modes] + [f"paper {MODE_LABELS[m]}" for m in paper_modes]
     lines += ["", "## Per task (x100)", "",
               "| Task | Type | Score | " + " | ".join(mode_labels) + " |",
               "|---|---|---|" + "---:|" * len(mode_labels)]
@@ -183,6 +184,7 @@ def render_markdown(report: EvalReport) -> str:
         for mode in report.modes:
             cells.append("error" if mode in task.errors else _fmt(
                 None if task.scores.get(mode) is None else 100 * task.scores[mode]))
+        cells += [_fmt(paper_tasks[mode].get(task.name)) for mode in paper_modes]
         lines.append(f"| {task.name} | {task.type} | `{task.score_key}` | " + " | ".join(cells) + " |")
     if "sum" in report.modes and report.alphas:
         lines += ["", "## Alpha for MoEE (sum)", ""]
