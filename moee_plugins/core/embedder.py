@@ -288,8 +288,8 @@ class MoEEmbedder:
                        statistics=statistics, normalize=self.normalize)
 
     def similarity(self, a: Any, b: Any, mode: str | None = None) -> np.ndarray:
-        """The similarity this mode is defined with: cos(HS) + alpha cos(RW) for ``sum`` (a dot product
-        of sum vectors), cosine for the other modes."""
+        """The similarity this mode is defined with: (cos(HS) + alpha cos(RW)) / (1 + alpha) for ``sum`` (a dot
+        product of unit-length sum vectors: the paper's score over a constant), cosine for the other modes."""
         return similarity(np.asarray(a), np.asarray(b), mode or self.mode)
 
     # ------------------------------------------------------------------ standardisation
