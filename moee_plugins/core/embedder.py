@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from .loading import (
     resolve_reference,
 )
 from .parts import MoEEParts, RouterBlock
+from .pipeline import AUTO, DEFAULT_ROW_CAP, check_token_budget, chunk_spans, prefetched, resolve_token_budget
 from .pooling import POOLINGS, pool
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
 from .routers import ROUTING_KINDS, RoutingCapture, find_router_sites, select_sites
@@ -58,6 +60,17 @@ def _check_texts(texts: Any) -> tuple[list[str], bool]:
     return items, False
 
 
+@contextlib.contextmanager
+def _closing(chunks: Any):
+    """Stop a chunk generator (and its background tokenisation) however the loop over it ends."""
+    try:
+        yield
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class MoEEmbedder:
     """Training-free text embeddings from a Mixture-of-Experts LLM (Li & Zhou, ICLR 2025).
 
@@ -84,7 +97,12 @@ class MoEEmbedder:
         device, dtype, quantization: where and how to run; ``dtype="auto"`` is bfloat16 on CUDA,
             float32 on CPU; ``quantization`` is ``4bit``/``8bit`` (routers stay in full precision).
         max_length: tokens per text, prompt included; longer texts are cut inside the prompt.
-        batch_size, max_tokens_per_batch: row cap and padded-token budget of a batch.
+        batch_size, max_tokens_per_batch: row cap and padded-token budget (rows x longest row) of a batch.
+            ``max_tokens_per_batch="auto"`` (default) picks the budget for the device: on a CPU a fixed
+            4,096 tokens (measured near-optimal, see docs/performance.md); on CUDA the largest power of two
+            whose estimated activations fit in half the free memory, from the model's width, experts and
+            dtype, between 4,096 and 65,536 (an out-of-memory batch is still split and retried). ``None``:
+            no budget. The row cap (default 1,024) only binds on very short texts.
         trust_remote_code: run a checkpoint's own modelling code (off unless you ask).
         model_kwargs: extra ``from_pretrained`` arguments (e.g. ``device_map="auto"``).
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
@@ -107,8 +125,8 @@ class MoEEmbedder:
         dtype: str | torch.dtype = "auto",
         quantization: str | None = None,
         max_length: int = 512,
-        batch_size: int = 32,
-        max_tokens_per_batch: int | None = None,
+        batch_size: int = DEFAULT_ROW_CAP,
+        max_tokens_per_batch: int | str | None = AUTO,
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         statistics: Statistics | dict[str, Any] | None = None,
@@ -192,8 +210,7 @@ class MoEEmbedder:
         for name, value in (("max_length", max_length), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if max_tokens_per_batch is not None and (not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch < 1):
-            raise ValueError(f"max_tokens_per_batch must be None or a positive integer, got {max_tokens_per_batch!r}")
+        check_token_budget(max_tokens_per_batch)
         if layers is not None and (isinstance(layers, (str, bytes)) or not all(isinstance(x, int) for x in layers)):
             raise TypeError(f"layers must be a sequence of decoder-layer indices, got {layers!r}")
 
@@ -240,8 +257,14 @@ class MoEEmbedder:
         of a bar of this call's own, e.g. one bar over a corpus encoded in several calls.
         """
         items, _ = _check_texts(texts)
-        token_ids = self.tokenize(items, prompt)
-        return self._encode_token_ids(token_ids, batch_size, show_progress_bar, progress)
+        template = self.prompt if prompt is None else resolve_prompt(prompt)
+
+        def tokenize_span(span: tuple[int, int]) -> tuple[int, list[list[int]]]:
+            return span[0], tokenize(self.tokenizer, template, items[span[0] : span[1]], self.max_length)
+
+        # chunks are tokenised one ahead, in a background thread, while the model runs the current one
+        chunks = prefetched(tokenize_span, chunk_spans(items))
+        return self._encode_chunks(len(items), chunks, batch_size, show_progress_bar, progress)
 
     def encode_token_ids(
         self,
@@ -323,16 +346,30 @@ class MoEEmbedder:
     # ------------------------------------------------------------------ forward
     def _encode_token_ids(self, token_ids: list[list[int]], batch_size: int | None,
                           show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
-        n = len(token_ids)
+        return self._encode_chunks(len(token_ids), [(0, token_ids)], batch_size, show_progress_bar, progress)
+
+    def _token_budget(self) -> int | None:
+        """The padded-token budget of this run (``"auto"`` resolved once per embedder and device)."""
+        if self.max_tokens_per_batch != AUTO:
+            return self.max_tokens_per_batch
+        key = (str(self.device), str(self.dtype))
+        if getattr(self, "_auto_budget", (None, None))[0] != key:
+            self._auto_budget = (key, resolve_token_budget(AUTO, self.model, self.device, self.dtype))
+        return self._auto_budget[1]
+
+    def _encode_chunks(self, n: int, chunks: Iterable[tuple[int, list[list[int]]]], batch_size: int | None,
+                       show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
+        """Every chunk ``(offset, token ids)`` is planned (length-sorted batches) and run on its own, so only
+        the chunks in flight are held in memory; rows land at ``offset + i`` in input order."""
         hidden = np.empty((n, self.hidden_dim), dtype=np.float32)
         routing = np.empty((n, self.routing_dim), dtype=np.float32)
-        lengths = [len(ids) for ids in token_ids]
+        lengths = np.zeros(n, dtype=np.int64)
         if n == 0:
-            return MoEEParts(hidden, routing, np.zeros(0, dtype=np.int64), list(self.layout))
+            return MoEEParts(hidden, routing, lengths, list(self.layout))
         rows = batch_size or self.batch_size
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"batch_size must be a positive integer, got {rows!r}")
-        queue = deque(plan_batches(lengths, rows, self.max_tokens_per_batch))
+        budget = self._token_budget()
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and n > 1
         from tqdm.auto import tqdm
@@ -353,34 +390,41 @@ class MoEEmbedder:
 
         own_bar = tqdm(total=n, desc="Encoding", unit="text", disable=progress is not None or not show_progress_bar)
         progress = own_bar if progress is None else progress
-        with self._lock, torch.inference_mode(), capture.attached(), own_bar:
-            while queue:
-                batch = queue.popleft()
-                if self._row_cap is not None and len(batch) > self._row_cap:
-                    queue.extendleft(reversed([batch[i : i + self._row_cap] for i in range(0, len(batch), self._row_cap)]))
-                    continue
-                try:
-                    pending.append((batch, self._forward([token_ids[i] for i in batch], capture)))
-                except torch.OutOfMemoryError:
-                    if len(batch) == 1:
-                        raise
-                    self._row_cap = max(1, len(batch) // 2)
-                    logger.warning("out of memory on a batch of %d texts; continuing with at most %d per batch",
-                                   len(batch), self._row_cap)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    queue.appendleft(batch)
-                    continue
-                if sum(len(done) for done, _ in pending) >= _FLUSH_ROWS:
-                    flush()
-                done_tokens += sum(lengths[i] for i in batch)
-                progress.update(len(batch))
-                if progress is own_bar:  # an external bar's owner shows its own figures
-                    progress.set_postfix(tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}",
-                                         refresh=False)
+        with self._lock, torch.inference_mode(), capture.attached(), own_bar, _closing(chunks):
+            for offset, token_ids in chunks:
+                chunk_lengths = [len(ids) for ids in token_ids]
+                lengths[offset : offset + len(token_ids)] = chunk_lengths
+                queue = deque(plan_batches(chunk_lengths, rows, budget))
+                while queue:
+                    batch = queue.popleft()
+                    if self._row_cap is not None and len(batch) > self._row_cap:
+                        queue.extendleft(reversed([batch[i : i + self._row_cap]
+                                                   for i in range(0, len(batch), self._row_cap)]))
+                        continue
+                    try:
+                        vectors = self._forward([token_ids[i] for i in batch], capture)
+                    except torch.OutOfMemoryError:
+                        if len(batch) == 1:
+                            raise
+                        self._row_cap = max(1, len(batch) // 2)
+                        logger.warning("out of memory on a batch of %d texts; continuing with at most %d per batch",
+                                       len(batch), self._row_cap)
+                        if torch.cuda.is_available():
+                            torch.cuda.empty_cache()
+                        queue.appendleft(batch)
+                        continue
+                    pending.append(([offset + i for i in batch], vectors))
+                    if sum(len(done) for done, _ in pending) >= _FLUSH_ROWS:
+                        flush()
+                    done_tokens += sum(chunk_lengths[i] for i in batch)
+                    progress.update(len(batch))
+                    if progress is own_bar:  # an external bar's owner shows its own figures
+                        progress.set_postfix(
+                            tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}", refresh=False)
+                del token_ids  # the chunk's token lists go before the next chunk is fetched
             flush()
         self._check_finite(hidden, routing)
-        return MoEEParts(hidden, routing, np.asarray(lengths, dtype=np.int64), list(self.layout))
+        return MoEEParts(hidden, routing, lengths, list(self.layout))
 
     def _forward(self, rows: list[list[int]], capture: RoutingCapture) -> torch.Tensor:
         """One forward pass; pooling happens on the device. Returns [HS | RW] pooled, (rows, H + R) float32,
