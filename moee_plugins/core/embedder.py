@@ -32,6 +32,7 @@ from .parts import MoEEParts, RouterBlock
 from .pipeline import AUTO, DEFAULT_ROW_CAP, check_token_budget, chunk_spans, prefetched, resolve_token_budget
 from .pooling import POOLINGS, pool
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
+from .reduction import Reduction
 from .routers import ROUTING_KINDS, RoutingCapture, find_router_sites, select_sites
 from .standardize import Statistics, calibration_sentences
 
@@ -106,6 +107,8 @@ class MoEEmbedder:
         trust_remote_code: run a checkpoint's own modelling code (off unless you ask).
         model_kwargs: extra ``from_pretrained`` arguments (e.g. ``device_map="auto"``).
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
+        reduction: a fitted dimension reduction (a :class:`Reduction` or its dict), e.g. from a saved config;
+            see :meth:`fit_reduction` and ``encode(..., dimensions=)``.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class MoEEmbedder:
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         statistics: Statistics | dict[str, Any] | None = None,
+        reduction: Reduction | dict[str, Any] | None = None,
     ) -> None:
         alias: ModelAlias | None = None
         if isinstance(model, str):
@@ -188,8 +192,11 @@ class MoEEmbedder:
         self._row_cap: int | None = None  # lowered for the rest of the run after an out-of-memory split
         self._lock = threading.RLock()
         self.statistics: Statistics | None = None
+        self.reduction: Reduction | None = None
         if statistics is not None:
             self.set_statistics(statistics)
+        if reduction is not None:
+            self.set_reduction(reduction)
 
     # ------------------------------------------------------------------ options
     @staticmethod
@@ -229,6 +236,11 @@ class MoEEmbedder:
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.dim
+
+    @property
+    def supported_dimensions(self) -> tuple[int, ...]:
+        """Sizes ``encode(..., dimensions=)`` accepts: those of the fitted reduction, () when none is fitted."""
+        return self.reduction.dimensions if self.reduction is not None else ()
 
     @property
     def moe_layers(self) -> list[int]:
@@ -296,19 +308,76 @@ class MoEEmbedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         prompt: str | PromptTemplate | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
-        """float32 embeddings, (N, dim); a single string gives a 1-D vector."""
+        """float32 embeddings, (N, dim); a single string gives a 1-D vector.
+
+        ``dimensions``: one of :attr:`supported_dimensions`, for compact vectors of that size (the fitted PCA,
+        L2-normalised); ``None``: full vectors.
+        """
         items, single = _check_texts(texts)
+        self._check_dimensions(dimensions)
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar, prompt=prompt)
-        vectors = self.combine(parts)
+        vectors = self.combine(parts, dimensions=dimensions)
         return vectors[0] if single else vectors
 
-    def combine(self, parts: MoEEParts, mode: str | None = None, *, alpha: float | None = None) -> np.ndarray:
-        """Vectors of ``mode`` (default: this embedder's) from raw parts: one forward pass serves every mode."""
+    def combine(self, parts: MoEEParts, mode: str | None = None, *, alpha: float | None = None,
+                dimensions: int | None = None) -> np.ndarray:
+        """Vectors of ``mode`` (default: this embedder's) from raw parts: one forward pass serves every mode.
+        ``dimensions`` reduces them with the fitted reduction (see :meth:`fit_reduction`)."""
         mode = mode or self.mode
+        alpha = self.alpha if alpha is None else alpha
+        self._check_dimensions(dimensions, mode, alpha)
         statistics = self._statistics_for(mode)
-        return combine(parts.hidden, parts.routing, mode, alpha=self.alpha if alpha is None else alpha,
-                       statistics=statistics, normalize=self.normalize)
+        vectors = combine(parts.hidden, parts.routing, mode, alpha=alpha, statistics=statistics,
+                          normalize=self.normalize)
+        return vectors if dimensions is None else self.reduction.apply(vectors, dimensions)
+
+    # ------------------------------------------------------------------ compact vectors
+    def fit_reduction(self, texts: Sequence[str], dimensions: int | Sequence[int], *, batch_size: int | None = None,
+                      show_progress_bar: bool | None = None) -> Reduction:
+        """Fit the PCA behind compact vectors on ``texts`` (more than ``max(dimensions)`` varied ones, ideally a
+        sample of the corpus), for this embedder's mode (and alpha). ``dimensions``: one size or several
+        (nested components: one fit serves them all). Uses the current statistics (calibrating first if none)."""
+        items, single = _check_texts(texts)
+        if single:
+            raise TypeError("fit_reduction() needs a sequence of texts, not a single string")
+        parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return self._fit_reduction(parts, dimensions, f"fit_reduction({len(items)} texts)")
+
+    def set_reduction(self, reduction: Reduction | dict[str, Any] | None) -> None:
+        """Install a fitted reduction (or its dict, as in :attr:`config`); ``None`` removes it."""
+        if reduction is None:
+            self.reduction = None
+            return
+        fitted = reduction if isinstance(reduction, Reduction) else Reduction.from_dict(reduction)
+        expected = {"hs": self.hidden_dim, "rw": self.routing_dim}.get(fitted.mode, self.hidden_dim + self.routing_dim)
+        if fitted.input_dim != expected:
+            raise ValueError(f"the reduction takes {fitted.input_dim}-dimensional {fitted.mode} vectors but this "
+                             f"embedder's are {expected}-dimensional; was it fitted with another model or layers?")
+        self.reduction = fitted
+
+    def _fit_reduction(self, parts: MoEEParts, dimensions: int | Sequence[int], source: str) -> Reduction:
+        vectors = self.combine(parts)
+        self.reduction = Reduction.fit(vectors, dimensions, mode=self.mode, alpha=self.alpha, source=source)
+        return self.reduction
+
+    def _check_dimensions(self, dimensions: int | None, mode: str | None = None, alpha: float | None = None) -> None:
+        if dimensions is None:
+            return
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+            raise TypeError(f"dimensions must be None or an integer, got {type(dimensions).__name__}")
+        if self.reduction is None:
+            raise ValueError(f"dimensions={dimensions}: no reduction is fitted; call fit_reduction(texts, "
+                             f"{dimensions}) or calibrate(texts, dimensions={dimensions}) first")
+        if dimensions not in self.reduction.dimensions:
+            raise ValueError(f"dimensions={dimensions} is not fitted; supported dimensions: {self.reduction.dimensions}")
+        mode = mode or self.mode
+        alpha = self.alpha if alpha is None else alpha
+        if mode != self.reduction.mode or (mode == "sum" and alpha != self.reduction.alpha):
+            fitted = self.reduction.mode + (f" (alpha={self.reduction.alpha:g})" if self.reduction.mode == "sum" else "")
+            raise ValueError(f"the reduction was fitted on {fitted} vectors, not {mode}"
+                             f"{f' (alpha={alpha:g})' if mode == 'sum' else ''}; fit one for these with fit_reduction")
 
     def similarity(self, a: Any, b: Any, mode: str | None = None) -> np.ndarray:
         """The similarity this mode is defined with: (cos(HS) + alpha cos(RW)) / (1 + alpha) for ``sum`` (a dot
@@ -317,19 +386,33 @@ class MoEEmbedder:
 
     # ------------------------------------------------------------------ standardisation
     def calibrate(self, texts: Sequence[str], *, batch_size: int | None = None,
-                  show_progress_bar: bool | None = None) -> Statistics:
-        """Fix the standardisation statistics from ``texts`` (at least 2; a few hundred varied ones is good)."""
+                  show_progress_bar: bool | None = None, dimensions: int | Sequence[int] | None = None) -> Statistics:
+        """Fix the standardisation statistics from ``texts`` (at least 2; a few hundred varied ones is good).
+
+        ``dimensions`` also fits the compact-vector reduction on the same texts (see :meth:`fit_reduction`);
+        without it, a reduction fitted on the previous statistics no longer applies and is removed.
+        """
         items, single = _check_texts(texts)
         if single:
             raise TypeError("calibrate() needs a sequence of texts, not a single string")
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
         self.statistics = Statistics.fit(parts.hidden, parts.routing, source=f"calibrate({len(items)} texts)")
+        self._drop_stale_reduction()
+        if dimensions is not None:
+            self._fit_reduction(parts, dimensions, f"calibrate({len(items)} texts)")
         return self.statistics
+
+    def _drop_stale_reduction(self) -> None:
+        if self.reduction is not None:
+            logger.warning("new standardisation statistics: the fitted reduction %s no longer applies and is "
+                           "removed (fit it again with fit_reduction)", self.reduction.dimensions)
+            self.reduction = None
 
     def set_statistics(self, statistics: Statistics | dict[str, Any]) -> None:
         stats = statistics if isinstance(statistics, Statistics) else Statistics.from_dict(statistics)
         stats.check_dims(self.hidden_dim, self.routing_dim)
         self.statistics = stats
+        self._drop_stale_reduction()
 
     def _statistics_for(self, mode: str) -> Statistics | None:
         if self.standardize is None or mode == "hs":
@@ -472,6 +555,7 @@ class MoEEmbedder:
             "trust_remote_code": self.trust_remote_code,
             "model_kwargs": self.model_kwargs,
             "statistics": self.statistics.to_dict() if self.statistics is not None else None,
+            "reduction": self.reduction.to_dict() if self.reduction is not None else None,
             "moee_plugins_version": __version__,
         }
 
@@ -479,12 +563,13 @@ class MoEEmbedder:
     def from_config(cls, config: dict[str, Any], *, model: Any = None, tokenizer: Any = None,
                     **overrides: Any) -> MoEEmbedder:
         """Rebuild an embedder from :attr:`config`; ``model``/``tokenizer`` reuse already loaded objects."""
-        unknown = set(config) - set(CONFIG_KEYS) - {"statistics", "moee_plugins_version"}
+        unknown = set(config) - set(CONFIG_KEYS) - {"statistics", "reduction", "moee_plugins_version"}
         if unknown:
             raise ValueError(f"unknown MoEEmbedder config keys: {sorted(unknown)}")
         kwargs = {k: config[k] for k in CONFIG_KEYS if k in config and k not in ("model", "tokenizer")}
         kwargs.update(overrides)
         statistics = config.get("statistics")
+        kwargs.setdefault("reduction", config.get("reduction"))
         return cls(model if model is not None else config["model"],
                    tokenizer if tokenizer is not None else config.get("tokenizer"),
                    statistics=statistics, **kwargs)
