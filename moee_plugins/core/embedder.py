@@ -32,7 +32,7 @@ from .parts import MoEEParts, RouterBlock
 from .pipeline import AUTO, DEFAULT_ROW_CAP, check_token_budget, chunk_spans, prefetched, resolve_token_budget
 from .pooling import POOLINGS, pool
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
-from .reduction import Reduction
+from .reduction import Reduction, check_dimensions
 from .routers import ROUTING_KINDS, RoutingCapture, find_router_sites, select_sites
 from .standardize import Statistics, calibration_sentences
 
@@ -342,6 +342,7 @@ class MoEEmbedder:
         items, single = _check_texts(texts)
         if single:
             raise TypeError("fit_reduction() needs a sequence of texts, not a single string")
+        self._check_reduction_request(dimensions, len(items))
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
         return self._fit_reduction(parts, dimensions, f"fit_reduction({len(items)} texts)")
 
@@ -356,6 +357,15 @@ class MoEEmbedder:
             raise ValueError(f"the reduction takes {fitted.input_dim}-dimensional {fitted.mode} vectors but this "
                              f"embedder's are {expected}-dimensional; was it fitted with another model or layers?")
         self.reduction = fitted
+
+    def _check_reduction_request(self, dimensions: int | Sequence[int], num_texts: int) -> None:
+        """Refuse an impossible fit before any text is encoded."""
+        largest = check_dimensions(dimensions)[-1]
+        if largest >= self.dim:
+            raise ValueError(f"dimensions={largest} is not a reduction: {self.mode} vectors have {self.dim} dimensions")
+        if num_texts <= largest:
+            raise ValueError(f"a {largest}-dimensional reduction needs more than {largest} calibration texts, "
+                             f"got {num_texts}")
 
     def _fit_reduction(self, parts: MoEEParts, dimensions: int | Sequence[int], source: str) -> Reduction:
         vectors = self.combine(parts)
@@ -395,6 +405,8 @@ class MoEEmbedder:
         items, single = _check_texts(texts)
         if single:
             raise TypeError("calibrate() needs a sequence of texts, not a single string")
+        if dimensions is not None:
+            self._check_reduction_request(dimensions, len(items))
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
         self.statistics = Statistics.fit(parts.hidden, parts.routing, source=f"calibrate({len(items)} texts)")
         self._drop_stale_reduction()
