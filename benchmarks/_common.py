@@ -204,6 +204,16 @@ def embedder(model: Any, tokenizer: Any, s: Setup, texts: Sequence[str]) -> Any:
     return emb
 
 
+def default_embedder(model: Any, tokenizer: Any, s: Setup, texts: Sequence[str]) -> Any:
+    """Ours with the library's own defaults (nothing tuned: row cap, token budget, threads); only ``max_length``
+    is the tuned one's, so that both see the same tokens. Calibrated like :func:`embedder`."""
+    from moee_plugins import MoEEmbedder
+
+    emb = MoEEmbedder(model, tokenizer, mode="sum", device=s.device, max_length=s.corpus.max_words + 64)
+    emb.calibrate(list(texts[:64]), show_progress_bar=False)
+    return emb
+
+
 # --------------------------------------------------------------------------- the three ways of working
 def bare_batches(emb: Any, texts: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Exactly ours' batches (same token ids, same length-sorted plan), padded ahead of time."""

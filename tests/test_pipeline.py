@@ -75,7 +75,7 @@ def test_chunk_spans_cover_the_corpus_in_order_and_grow():
     assert spans[0] == (0, pipeline.CHUNK_FIRST_TEXTS)
     assert [b for _, b in spans[:-1]] == [a for a, _ in spans[1:]] and spans[-1][1] == len(items)
     sizes = [b - a for a, b in spans]
-    assert sizes[:4] == [1024, 2048, 4096, 8192] and max(sizes) == pipeline.CHUNK_MAX_TEXTS
+    assert sizes[:4] == [1024, 2048, 4096, 4096] and max(sizes) == pipeline.CHUNK_MAX_TEXTS
     assert pipeline.chunk_spans(["x"] * 1024) == [(0, 1024)]  # up to the first chunk: one global plan
     long = ["y" * 1_500_000] * 5  # the character cap closes a chunk early, but never leaves one empty
     assert pipeline.chunk_spans(long) == [(0, 3), (3, 5)]

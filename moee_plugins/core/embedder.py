@@ -100,7 +100,7 @@ class MoEEmbedder:
         max_length: tokens per text, prompt included; longer texts are cut inside the prompt.
         batch_size, max_tokens_per_batch: row cap and padded-token budget (rows x longest row) of a batch.
             ``max_tokens_per_batch="auto"`` (default) picks the budget for the device: on a CPU a fixed
-            4,096 tokens (measured near-optimal, see docs/performance.md); on CUDA the largest power of two
+            2,048 tokens (measured near-optimal, see docs/performance.md); on CUDA the largest power of two
             whose estimated activations fit in half the free memory, from the model's width, experts and
             dtype, between 4,096 and 65,536 (an out-of-memory batch is still split and retried). ``None``:
             no budget. The row cap (default 1,024) only binds on very short texts.

@@ -18,7 +18,7 @@ DEFAULT_ROW_CAP = 1024
 # CPU: padded tokens per batch, measured near-optimal with benchmarks/budget.py (docs/performance.md); past a
 # few thousand tokens a CPU gains nothing from bigger batches, while long padded rows make attention and the
 # expert dispatch memory-bound
-CPU_TOKEN_BUDGET = 4096
+CPU_TOKEN_BUDGET = 2048
 # CUDA: the budget is what fits in a share of the free memory, clamped to this range (a GPU is saturated well
 # before the top; the out-of-memory split is the safety net below it)
 CUDA_TOKEN_BUDGET_RANGE = (4096, 65536)
@@ -26,7 +26,7 @@ CUDA_FREE_MEMORY_SHARE = 0.5
 # corpus chunks, tokenised one ahead of the model: the first is small so the device starts early, each next one
 # twice as large up to CHUNK_MAX_TEXTS texts (or CHUNK_MAX_CHARS characters, about a million tokens)
 CHUNK_FIRST_TEXTS = 1024
-CHUNK_MAX_TEXTS = 8192
+CHUNK_MAX_TEXTS = 4096
 CHUNK_MAX_CHARS = 4_000_000
 
 T = TypeVar("T")
