@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 KEY_BYTES = 16
 # embedder settings that change neither the forward pass nor the pooled raw channels
 # (nor does the name the model was given by: "moee:olmoe" and its hub id share a cache)
-_NOT_IN_PARTS = ("mode", "alpha", "normalize", "standardize", "statistics", "batch_size", "max_tokens_per_batch",
+_NOT_IN_PARTS = ("mode", "alpha", "normalize", "standardize", "statistics", "reduction", "batch_size", "max_tokens_per_batch",
                  "prompt", "tokenizer", "model")
 
 
