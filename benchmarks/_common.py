@@ -281,12 +281,20 @@ def fixed_batches_tokens(lengths: Sequence[int], batch_size: int) -> int:
                for i in range(0, len(lengths), batch_size))
 
 
-def planned_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> tuple[int, int]:
-    """(processed tokens, batches) of ours' length-sorted plan."""
+def planned_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | None,
+                   texts: Sequence[str] | None = None) -> tuple[int, int]:
+    """(processed tokens, batches) of ours' length-sorted plan; with ``texts``, planned chunk by chunk as
+    ``encode`` does (``moee_plugins.core.pipeline.chunk_spans``), else over the whole corpus at once."""
     from moee_plugins.core.batching import plan_batches
+    from moee_plugins.core.pipeline import chunk_spans
 
-    plan = plan_batches(list(lengths), batch_size, max_tokens)
-    return sum(len(batch) * lengths[batch[0]] for batch in plan), len(plan)
+    processed = batches = 0
+    for start, stop in chunk_spans(texts) if texts is not None else [(0, len(lengths))]:
+        chunk = list(lengths[start:stop])
+        plan = plan_batches(chunk, batch_size, max_tokens)
+        processed += sum(len(batch) * chunk[batch[0]] for batch in plan)
+        batches += len(plan)
+    return processed, batches
 
 
 # --------------------------------------------------------------------------- timing and memory
