@@ -5,13 +5,15 @@ tiny OLMoE checkpoint of ``tests/fixtures/olmoe-parity`` (3 layers, 8 experts, h
 dimensions), one torch thread. Memory is the peak resident set size during ``encode`` (``VmHWM``, reset just
 before) minus the resident size just before it (model and corpus loaded). Of that peak, the result itself
 grows with the corpus by construction: the raw parts (HS and RW, float32), the token counts and the returned
-vectors, ``N x (2 x 88 x 4 + 8)`` bytes, plus the input list's copy (8 bytes per text). **Working memory** is
+vectors, ``N x (2 x 88 x 4 + 8)`` bytes, plus the input list's copies (2 x 8 bytes per text). **Working memory** is
 the peak minus those: what the pipeline holds besides its output (token lists of the chunks in flight, one
 batch's activations, the combine blocks). Targets: working memory flat within 10% and time per document flat
 within 15% from the smallest size to the largest.
 
     python benchmarks/scaling.py                          # 10k, 100k, 1M
     python benchmarks/scaling.py --sizes 10000,100000     # a quicker run
+    python benchmarks/scaling.py --one-chunk              # the whole corpus as one chunk (tokenised up front,
+                                                          # as before the pipeline): for comparison
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ def tiny_texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def child(n: int, seed: int) -> dict[str, float]:
+def child(n: int, seed: int, one_chunk: bool) -> dict[str, float]:
     import torch
 
     from moee_plugins import MoEEmbedder
+    from moee_plugins.core import pipeline
+
+    if one_chunk:
+        pipeline.CHUNK_FIRST_TEXTS = pipeline.CHUNK_MAX_TEXTS = 1 << 40
+        pipeline.CHUNK_MAX_CHARS = 1 << 60
 
     torch.set_num_threads(1)
     emb = MoEEmbedder(str(MODEL), mode="sum", device="cpu")
@@ -62,7 +69,7 @@ def child(n: int, seed: int) -> dict[str, float]:
     vectors = emb.encode(texts, show_progress_bar=False)
     seconds = time.perf_counter() - start
     peak = c.peak_rss_bytes() - before
-    result = n * (2 * (emb.hidden_dim + emb.routing_dim) * 4 + 8 + 8)
+    result = n * (2 * (emb.hidden_dim + emb.routing_dim) * 4 + 8 + 16)
     assert vectors.shape == (n, emb.dim)
     return {"docs": n, "seconds": seconds, "peak_bytes": peak, "result_bytes": result,
             "working_bytes": peak - result, "budget": emb._token_budget(), "row_cap": emb.batch_size}
@@ -72,20 +79,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,100000,1000000", help="corpus sizes (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--one-chunk", action="store_true", help="tokenise the whole corpus up front (the old way)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        c.emit("CHILD " + json.dumps(child(args.child, args.seed)))
+        c.emit("CHILD " + json.dumps(child(args.child, args.seed, args.one_chunk)))
         return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     c.emit(f"tiny OLMoE ({MODEL.name}: hidden 64, 3 layers x 8 experts), sum mode, library defaults, 1 torch thread; "
-           f"texts of 1-8 words")
+           f"texts of 1-8 words{'; ONE CHUNK (whole corpus tokenised up front)' if args.one_chunk else ''}")
     results = []
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--seed", str(args.seed)], env=env,
-                             capture_output=True, text=True, check=False)
+        command = [sys.executable, __file__, "--child", str(n), "--seed", str(args.seed)]
+        out = subprocess.run(command + (["--one-chunk"] if args.one_chunk else []), env=env, capture_output=True,
+                             text=True, check=False)
         line = next((x for x in out.stdout.splitlines() if x.startswith("CHILD ")), None)
         if out.returncode or line is None:
             sys.stderr.write(out.stdout + out.stderr)
