@@ -109,7 +109,10 @@ def test_chunked_encoding_equals_one_text_at_a_time(tiny_embedder, small_chunks)
     assert np.abs(vectors[0] - vectors[1]).max() > 1e-2  # rows differ, so the order check can fail
 
 
-def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small_chunks, monkeypatch):
+@pytest.mark.parametrize("background", [True, False], ids=["thread", "inline"])
+def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small_chunks, monkeypatch, background):
+    monkeypatch.setattr(pipeline, "BACKGROUND_ON_CPU", background)
+    threads: set[str] = set()
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
     tokenize, forward = embedder_module.tokenize, MoEEmbedder._forward
@@ -117,6 +120,7 @@ def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small
     def spy_tokenize(tokenizer, template, items, max_length):
         with lock:
             events.append(("tokenize", len(items)))
+            threads.add(threading.current_thread().name)
         return tokenize(tokenizer, template, items, max_length)
 
     def spy_forward(self, rows, capture):
@@ -130,6 +134,8 @@ def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small
     tiny_embedder.encode_parts(corpus)
     chunks = [size for kind, size in events if kind == "tokenize"]
     assert chunks == [3, 6, 7, 7, 7, 1]
+    assert any(name.startswith("moee-tokenize") for name in threads) == background
+    assert pipeline.background_tokenisation(torch.device("cuda"))
     # when chunk k is tokenised, every row of chunk k-2 has already been through the model
     tokenised = forwarded = 0
     starts = np.cumsum([0, *chunks])
@@ -143,6 +149,7 @@ def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small
 
 
 def test_an_error_in_background_tokenisation_reaches_the_caller(tiny_embedder, small_chunks, monkeypatch):
+    monkeypatch.setattr(pipeline, "BACKGROUND_ON_CPU", True)
     tokenize = embedder_module.tokenize
 
     def failing(tokenizer, template, items, max_length):

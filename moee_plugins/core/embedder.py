@@ -29,7 +29,15 @@ from .loading import (
     resolve_reference,
 )
 from .parts import MoEEParts, RouterBlock
-from .pipeline import AUTO, DEFAULT_ROW_CAP, check_token_budget, chunk_spans, prefetched, resolve_token_budget
+from .pipeline import (
+    AUTO,
+    DEFAULT_ROW_CAP,
+    background_tokenisation,
+    check_token_budget,
+    chunk_spans,
+    prefetched,
+    resolve_token_budget,
+)
 from .pooling import POOLINGS, pool
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
 from .reduction import Reduction, check_dimensions
@@ -274,8 +282,8 @@ class MoEEmbedder:
         def tokenize_span(span: tuple[int, int]) -> tuple[int, list[list[int]]]:
             return span[0], tokenize(self.tokenizer, template, items[span[0] : span[1]], self.max_length)
 
-        # chunks are tokenised one ahead, in a background thread, while the model runs the current one
-        chunks = prefetched(tokenize_span, chunk_spans(items))
+        # on an accelerator, the next chunk is tokenised in a background thread while the model runs this one
+        chunks = prefetched(tokenize_span, chunk_spans(items), background_tokenisation(self.device))
         return self._encode_chunks(len(items), chunks, batch_size, show_progress_bar, progress)
 
     def encode_token_ids(

@@ -29,6 +29,10 @@ CHUNK_FIRST_TEXTS = 1024
 CHUNK_MAX_TEXTS = 4096
 CHUNK_MAX_CHARS = 4_000_000
 
+# tokenise the next chunk in a background thread on CPU too (off: there the "device" is the same cores, and a
+# thread holding the GIL between the forward pass's many short ops stalls it more than the overlap gains)
+BACKGROUND_ON_CPU = False
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -99,11 +103,17 @@ def chunk_spans(texts: Sequence[str]) -> list[tuple[int, int]]:
     return spans
 
 
-def prefetched(work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-    """``work(item)`` for each item, in order, the next one computed in a background thread while the caller
-    uses the current one. At most two results exist at a time; an error in ``work`` is raised in the caller."""
+def background_tokenisation(device: torch.device) -> bool:
+    """Whether the next chunk is tokenised in a thread: on an accelerator, whose host cores are otherwise idle."""
+    return device.type != "cpu" or BACKGROUND_ON_CPU
+
+
+def prefetched(work: Callable[[T], R], items: Iterable[T], background: bool = True) -> Iterator[R]:
+    """``work(item)`` for each item, in order; with ``background``, the next one is computed in a thread while
+    the caller uses the current one. At most two results exist at a time; an error in ``work`` is raised in the
+    caller."""
     items = list(items)
-    if len(items) <= 1:
+    if len(items) <= 1 or not background:
         yield from (work(item) for item in items)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moee-tokenize") as pool:
