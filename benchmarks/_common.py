@@ -204,6 +204,16 @@ def embedder(model: Any, tokenizer: Any, s: Setup, texts: Sequence[str]) -> Any:
     return emb
 
 
+def default_embedder(model: Any, tokenizer: Any, s: Setup, texts: Sequence[str]) -> Any:
+    """Ours with the library's own defaults (nothing tuned: row cap, token budget, threads); only ``max_length``
+    is the tuned one's, so that both see the same tokens. Calibrated like :func:`embedder`."""
+    from moee_plugins import MoEEmbedder
+
+    emb = MoEEmbedder(model, tokenizer, mode="sum", device=s.device, max_length=s.corpus.max_words + 64)
+    emb.calibrate(list(texts[:64]), show_progress_bar=False)
+    return emb
+
+
 # --------------------------------------------------------------------------- the three ways of working
 def bare_batches(emb: Any, texts: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Exactly ours' batches (same token ids, same length-sorted plan), padded ahead of time."""
@@ -271,12 +281,20 @@ def fixed_batches_tokens(lengths: Sequence[int], batch_size: int) -> int:
                for i in range(0, len(lengths), batch_size))
 
 
-def planned_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> tuple[int, int]:
-    """(processed tokens, batches) of ours' length-sorted plan."""
+def planned_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | None,
+                   texts: Sequence[str] | None = None) -> tuple[int, int]:
+    """(processed tokens, batches) of ours' length-sorted plan; with ``texts``, planned chunk by chunk as
+    ``encode`` does (``moee_plugins.core.pipeline.chunk_spans``), else over the whole corpus at once."""
     from moee_plugins.core.batching import plan_batches
+    from moee_plugins.core.pipeline import chunk_spans
 
-    plan = plan_batches(list(lengths), batch_size, max_tokens)
-    return sum(len(batch) * lengths[batch[0]] for batch in plan), len(plan)
+    processed = batches = 0
+    for start, stop in chunk_spans(texts) if texts is not None else [(0, len(lengths))]:
+        chunk = list(lengths[start:stop])
+        plan = plan_batches(chunk, batch_size, max_tokens)
+        processed += sum(len(batch) * chunk[batch[0]] for batch in plan)
+        batches += len(plan)
+    return processed, batches
 
 
 # --------------------------------------------------------------------------- timing and memory

@@ -159,7 +159,7 @@ def test_sum_similarity_equals_hand_computed_fusion(embedder):
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         return x @ x.T
 
-    fused = cos(z_hs) + alpha * cos(z_rw)
+    fused = (cos(z_hs) + alpha * cos(z_rw)) / (1 + alpha)  # the paper's score over a constant: same ranking
     model = MoEEMTEBModel(embedder, mode="sum", alpha=alpha)
     vectors = embedder.combine(parts, "sum", alpha=alpha)
     assert model.similarity(vectors, vectors).numpy() == pytest.approx(fused, abs=1e-5)
@@ -169,9 +169,9 @@ def test_sum_similarity_equals_hand_computed_fusion(embedder):
     assert pairwise == pytest.approx(np.diag(fused, k=1), abs=1e-5)
     # k-means (clustering) and logistic regression (classification) see only these dot products:
     norms = np.linalg.norm(vectors, axis=1)
-    assert norms == pytest.approx(np.sqrt(1 + alpha), abs=1e-5)
+    assert norms == pytest.approx(1.0, abs=1e-5)
     squared = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
-    assert squared == pytest.approx(2 * (1 + alpha) - 2 * fused, abs=1e-4)
+    assert squared == pytest.approx(2 - 2 * fused, abs=1e-4)
     hs = embedder.combine(parts, "hs")
     assert MoEEMTEBModel(embedder, mode="hs").similarity(hs, hs).numpy() == pytest.approx(cos(parts.hidden), abs=1e-5)
     assert model.mteb_model_meta.experiment_kwargs == {"mode": "sum", "prompt": "prompteol", "alpha": alpha}

@@ -1,4 +1,5 @@
-"""Each mode is what the paper defines; sum vectors' dot product is exactly cos(HS) + alpha cos(RW)."""
+"""Each mode is what the paper defines; sum vectors are unit length and their dot product is exactly
+(cos(HS) + alpha cos(RW)) / (1 + alpha), the paper's fused score over a constant."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ def test_sum_dot_equals_fused_cosines(tiny_embedder, parts, alpha):
     stats = tiny_embedder.statistics
     vectors = tiny_embedder.combine(parts, "sum", alpha=alpha)
     z_hidden, z_routing = stats.hidden.apply(parts.hidden), stats.routing.apply(parts.routing)
-    expected = _cos(z_hidden, z_hidden) + alpha * _cos(z_routing, z_routing)
+    expected = (_cos(z_hidden, z_hidden) + alpha * _cos(z_routing, z_routing)) / (1 + alpha)
     np.testing.assert_allclose(vectors @ vectors.T, expected, atol=1e-5)
     np.testing.assert_allclose(tiny_embedder.similarity(vectors, vectors), expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), np.sqrt(1 + alpha), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_hs_mode_is_the_unstandardised_hidden_state(tiny_embedder, parts):
@@ -67,4 +68,4 @@ def test_identical_texts_are_most_similar(tiny_embedder):
     vectors = tiny_embedder.encode(TEXTS)
     sims = tiny_embedder.similarity(vectors, vectors)
     assert (sims.argmax(axis=1) == np.arange(len(TEXTS))).all()
-    np.testing.assert_allclose(np.diag(sims), 1 + tiny_embedder.alpha, atol=1e-5)
+    np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-5)

@@ -92,7 +92,7 @@ class FlakyForward:
 def test_out_of_memory_splits_the_batch_keeps_every_row_in_order_and_the_smaller_size_sticks(tiny_embedder, caplog):
     texts = TEXTS[:11]
     expected = tiny_embedder.encode(texts)
-    embedder = sibling(tiny_embedder)
+    embedder = sibling(tiny_embedder, max_tokens_per_batch=None)  # rows alone decide the batch here
     flaky = FlakyForward(embedder._forward, limit=2)
     embedder._forward = flaky
     with caplog.at_level(logging.WARNING, logger="moee_plugins"):

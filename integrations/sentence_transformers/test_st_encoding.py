@@ -65,9 +65,9 @@ def test_prompts_map_onto_core_templates(st_model, tiny_embedder, monkeypatch):
 
 def test_normalize_embeddings_and_convert_to_tensor(st_model, texts):
     raw = st_model.encode(texts)
-    np.testing.assert_allclose(np.linalg.norm(raw, axis=1), np.sqrt(2.0), atol=1e-5)  # sum vectors: sqrt(1 + alpha)
+    np.testing.assert_allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-5)  # sum vectors are unit length
     unit = st_model.encode(texts, normalize_embeddings=True)
-    np.testing.assert_allclose(unit, raw / np.sqrt(2.0), atol=1e-5)
+    np.testing.assert_allclose(unit, raw, atol=1e-5)
     tensor = st_model.encode(texts, convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
     np.testing.assert_allclose(tensor.cpu().numpy(), raw, atol=1e-6)
@@ -87,7 +87,7 @@ def test_similarity_is_the_moee_sum_score(st_model, tiny_embedder, texts):
     vectors = st_model.encode(texts)
     scores = st_model.similarity(vectors, vectors)
     np.testing.assert_allclose(scores.numpy(), tiny_embedder.similarity(vectors, vectors), atol=1e-5)
-    np.testing.assert_allclose(np.diag(scores.numpy()), 2.0, atol=1e-5)  # cos(HS) + cos(RW) of a text with itself
+    np.testing.assert_allclose(np.diag(scores.numpy()), 1.0, atol=1e-5)  # (cos(HS) + cos(RW)) / 2 of a text with itself
 
 
 def test_semantic_search_finds_the_exact_duplicate(st_model, texts):

@@ -26,9 +26,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
     group.add_argument("--routing", choices=ROUTING_KINDS, default=None,
                        help="router logits or the model's own expert probabilities (default: the alias's, else logits)")
     group.add_argument("--layers", default=None, help="comma-separated decoder layers whose routers to use (default: all)")
-    group.add_argument("--batch-size", type=int, default=32, help="most documents per forward pass (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="most documents per forward pass (default: the library's, 1024)")
     group.add_argument("--max-tokens-per-batch", type=int, default=None,
-                       help="most padded tokens (rows x longest) per forward pass (default: no budget)")
+                       help="most padded tokens (rows x longest) per forward pass (default: chosen for the device)")
     group.add_argument("--max-length", type=int, default=512,
                        help="tokens per document, prompt included; longer ones are cut inside the prompt "
                        "(default: %(default)s)")
@@ -47,6 +48,8 @@ def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
     Raises ``ValueError`` on a malformed ``--layers``.
     """
+    from ..core.pipeline import AUTO, DEFAULT_ROW_CAP
+
     layers = None
     if args.layers:
         try:
@@ -54,8 +57,10 @@ def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
     kwargs: dict[str, Any] = {
-        "prompt": args.prompt, "routing": args.routing, "layers": layers, "batch_size": args.batch_size,
-        "max_tokens_per_batch": args.max_tokens_per_batch, "max_length": args.max_length, "device": args.device,
+        "prompt": args.prompt, "routing": args.routing, "layers": layers,
+        "batch_size": args.batch_size or DEFAULT_ROW_CAP,
+        "max_tokens_per_batch": AUTO if args.max_tokens_per_batch is None else args.max_tokens_per_batch,
+        "max_length": args.max_length, "device": args.device,
         "dtype": args.dtype, "quantization": args.quantization, "trust_remote_code": args.trust_remote_code,
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
     }

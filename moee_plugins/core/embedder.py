@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,8 +32,16 @@ from .loading import (
 )
 from .options import DEFAULT
 from .parts import MoEEParts, RouterBlock
+from .pipeline import (
+    AUTO,
+    background_tokenisation,
+    chunk_spans,
+    prefetched,
+    resolve_token_budget,
+)
 from .pooling import pool
 from .prompts import PromptTemplate, instruction_template, resolve_prompt
+from .reduction import Reduction, check_dimensions
 from .routers import RoutingCapture, find_router_sites, select_sites
 from .standardize import EPSILON, Statistics, calibration_sentences
 
@@ -79,6 +88,17 @@ def check_texts(texts: Any) -> tuple[list[str], bool]:
     return items, single
 
 
+@contextlib.contextmanager
+def _closing(chunks: Any):
+    """Stop a chunk generator (and its background tokenisation) however the loop over it ends."""
+    try:
+        yield
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class MoEEmbedder:
     """Training-free text embeddings from a Mixture-of-Experts LLM (Li & Zhou, ICLR 2025).
 
@@ -99,6 +119,13 @@ class MoEEmbedder:
             ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
             ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's.
+            ``max_tokens_per_batch="auto"`` (default) picks the padded-token budget for the device: on a CPU a
+            fixed 2,048 tokens (measured near-optimal, see docs/performance.md); on CUDA the largest power of
+            two whose estimated activations fit in half the free memory, between 4,096 and 65,536 (an
+            out-of-memory batch is still split and retried). ``None``: no budget. The row cap ``batch_size``
+            (default 1,024) only binds on very short texts.
+        reduction: a fitted dimension reduction (a :class:`Reduction` or its dict), e.g. from a saved config;
+            see :meth:`fit_reduction` and ``encode(..., dimensions=)``.
     """
 
     def __init__(
@@ -123,6 +150,7 @@ class MoEEmbedder:
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = DEFAULT,
         statistics: Statistics | dict[str, Any] | None = None,
+        reduction: Reduction | dict[str, Any] | None = None,
     ) -> None:
         given = {"mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
                  "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
@@ -167,8 +195,11 @@ class MoEEmbedder:
         self._pad_id = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
         self._attach_model()
         self.statistics: Statistics | None = None
+        self.reduction: Reduction | None = None
         if statistics is not None:
             self.set_statistics(statistics)
+        if reduction is not None:
+            self.set_reduction(reduction)
 
     @classmethod
     def build(cls, model: Any, *, owner: str = "MoEEmbedder", **options: Any) -> MoEEmbedder:
@@ -234,6 +265,11 @@ class MoEEmbedder:
         return self.dim
 
     @property
+    def supported_dimensions(self) -> tuple[int, ...]:
+        """Sizes ``encode(..., dimensions=)`` accepts: those of the fitted reduction, () when none is fitted."""
+        return self.reduction.dimensions if self.reduction is not None else ()
+
+    @property
     def moe_layers(self) -> list[int]:
         """Decoder layers whose routers feed the embedding."""
         return sorted({site.layer for site in self.sites})
@@ -273,8 +309,14 @@ class MoEEmbedder:
         of a bar of this call's own, e.g. one bar over a corpus encoded in several calls.
         """
         items, _ = check_texts(texts)
-        token_ids = self.tokenize(items, prompt)
-        return self._encode_token_ids(token_ids, self._batch_size(batch_size), show_progress_bar, progress)
+        template = self.prompt_for(prompt)
+
+        def tokenize_span(span: tuple[int, int]) -> tuple[int, list[list[int]]]:
+            return span[0], tokenize(self.tokenizer, template, items[span[0] : span[1]], self.max_length)
+
+        # on an accelerator, the next chunk is tokenised in a background thread while the model runs this one
+        chunks = prefetched(tokenize_span, chunk_spans(items), background_tokenisation(self.device))
+        return self._encode_chunks(len(items), chunks, self._batch_size(batch_size), show_progress_bar, progress)
 
     def encode_token_ids(
         self,
@@ -305,36 +347,99 @@ class MoEEmbedder:
         prompt: str | PromptTemplate | None = None,
         mode: str | None = None,
         alpha: float | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
         """float32 embeddings, (N, dim); a single string gives a 1-D vector.
 
         ``mode``/``alpha`` override the embedder's for this call (the same forward pass serves every mode);
-        ``prompt`` follows :meth:`prompt_for`. Statistics are fixed first if the mode needs them
-        (:meth:`ensure_statistics`).
+        ``prompt`` follows :meth:`prompt_for`; ``dimensions``: one of :attr:`supported_dimensions`, for
+        compact vectors of that size (the fitted PCA, L2-normalised), ``None`` for full vectors. Statistics
+        are fixed first if the mode needs them (:meth:`ensure_statistics`).
         """
         items, single = check_texts(texts)
         mode = self._mode(mode)
+        alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
+        self._check_dimensions(dimensions, mode, alpha)
         self.ensure_statistics(mode)
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar, prompt=prompt)
-        vectors = self.combine(parts, mode, alpha=alpha)
+        vectors = self.combine(parts, mode, alpha=alpha, dimensions=dimensions)
         return vectors[0] if single else vectors
 
-    def combine(self, parts: MoEEParts, mode: str | None = None, *, alpha: float | None = None) -> np.ndarray:
-        """Vectors of ``mode`` (default: this embedder's) from raw parts: one forward pass serves every mode.
+    def combine(self, parts: MoEEParts, mode: str | None = None, *, alpha: float | None = None,
+                dimensions: int | None = None) -> np.ndarray:
+        """Vectors of ``mode`` (default: this embedder's) from raw parts: one forward pass serves every mode;
+        ``dimensions`` reduces them with the fitted reduction (see :meth:`fit_reduction`).
 
         Pure: it never runs the model. A mode that standardises needs statistics first
         (:meth:`ensure_statistics` or :meth:`calibrate`).
         """
         mode = self._mode(mode)
         alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
+        self._check_dimensions(dimensions, mode, alpha)
         vectors = combine(parts.hidden, parts.routing, mode, alpha=alpha, statistics=self._statistics_for(mode),
                           normalize=self.normalize)
         self._check_vectors(np.isfinite(vectors).all(axis=1))
-        return vectors
+        return vectors if dimensions is None else self.reduction.apply(vectors, dimensions)
+    # ------------------------------------------------------------------ compact vectors
+    def fit_reduction(self, texts: Sequence[str], dimensions: int | Sequence[int], *, batch_size: int | None = None,
+                      show_progress_bar: bool | None = None) -> Reduction:
+        """Fit the PCA behind compact vectors on ``texts`` (more than ``max(dimensions)`` varied ones, ideally a
+        sample of the corpus), for this embedder's mode (and alpha). ``dimensions``: one size or several
+        (nested components: one fit serves them all). Uses the current statistics (calibrating first if none)."""
+        items, single = check_texts(texts)
+        if single:
+            raise TypeError("fit_reduction() needs a sequence of texts, not a single string")
+        self._check_reduction_request(dimensions, len(items))
+        self.ensure_statistics()
+        parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return self._fit_reduction(parts, dimensions, f"fit_reduction({len(items)} texts)")
+
+    def set_reduction(self, reduction: Reduction | dict[str, Any] | None) -> None:
+        """Install a fitted reduction (or its dict, as in :attr:`config`); ``None`` removes it."""
+        if reduction is None:
+            self.reduction = None
+            return
+        fitted = reduction if isinstance(reduction, Reduction) else Reduction.from_dict(reduction)
+        expected = {"hs": self.hidden_dim, "rw": self.routing_dim}.get(fitted.mode, self.hidden_dim + self.routing_dim)
+        if fitted.input_dim != expected:
+            raise ValueError(f"the reduction takes {fitted.input_dim}-dimensional {fitted.mode} vectors but this "
+                             f"embedder's are {expected}-dimensional; was it fitted with another model or layers?")
+        self.reduction = fitted
+
+    def _check_reduction_request(self, dimensions: int | Sequence[int], num_texts: int) -> None:
+        """Refuse an impossible fit before any text is encoded."""
+        largest = check_dimensions(dimensions)[-1]
+        if largest >= self.dim:
+            raise ValueError(f"dimensions={largest} is not a reduction: {self.mode} vectors have {self.dim} dimensions")
+        if num_texts <= largest:
+            raise ValueError(f"a {largest}-dimensional reduction needs more than {largest} calibration texts, "
+                             f"got {num_texts}")
+
+    def _fit_reduction(self, parts: MoEEParts, dimensions: int | Sequence[int], source: str) -> Reduction:
+        vectors = self.combine(parts)
+        self.reduction = Reduction.fit(vectors, dimensions, mode=self.mode, alpha=self.alpha, source=source)
+        return self.reduction
+
+    def _check_dimensions(self, dimensions: int | None, mode: str | None = None, alpha: float | None = None) -> None:
+        if dimensions is None:
+            return
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+            raise TypeError(f"dimensions must be None or an integer, got {type(dimensions).__name__}")
+        if self.reduction is None:
+            raise ValueError(f"dimensions={dimensions}: no reduction is fitted; call fit_reduction(texts, "
+                             f"{dimensions}) or calibrate(texts, dimensions={dimensions}) first")
+        if dimensions not in self.reduction.dimensions:
+            raise ValueError(f"dimensions={dimensions} is not fitted; supported dimensions: {self.reduction.dimensions}")
+        mode = mode or self.mode
+        alpha = self.alpha if alpha is None else alpha
+        if mode != self.reduction.mode or (mode == "sum" and alpha != self.reduction.alpha):
+            fitted = self.reduction.mode + (f" (alpha={self.reduction.alpha:g})" if self.reduction.mode == "sum" else "")
+            raise ValueError(f"the reduction was fitted on {fitted} vectors, not {mode}"
+                             f"{f' (alpha={alpha:g})' if mode == 'sum' else ''}; fit one for these with fit_reduction")
 
     def similarity(self, a: Any, b: Any, mode: str | None = None) -> np.ndarray:
-        """The similarity this mode is defined with: cos(HS) + alpha cos(RW) for ``sum`` (a dot product
-        of sum vectors), cosine for the other modes."""
+        """The similarity this mode is defined with: (cos(HS) + alpha cos(RW)) / (1 + alpha) for ``sum`` (a dot
+        product of unit-length sum vectors: the paper's score over a constant), cosine for the other modes."""
         return similarity(np.asarray(a), np.asarray(b), mode or self.mode)
 
     # ------------------------------------------------------------------ padded tensors (adapters)
@@ -376,7 +481,7 @@ class MoEEmbedder:
         elif mode == "concat":
             out = torch.cat([z_hidden, z_routing], dim=1)
         else:
-            out = torch.cat([unit(z_hidden), alpha**0.5 * unit(z_routing)], dim=1)
+            out = torch.cat([unit(z_hidden), alpha**0.5 * unit(z_routing)], dim=1) / (1.0 + alpha) ** 0.5
         if mode != "sum" and self.normalize:
             out = unit(out)
         out = out.float()
@@ -417,14 +522,29 @@ class MoEEmbedder:
         return self.statistics
 
     def calibrate(self, texts: Sequence[str], *, batch_size: int | None = None,
-                  show_progress_bar: bool | None = None) -> Statistics:
-        """Fix the standardisation statistics from ``texts`` (at least 2; a few hundred varied ones is good)."""
+                  show_progress_bar: bool | None = None, dimensions: int | Sequence[int] | None = None) -> Statistics:
+        """Fix the standardisation statistics from ``texts`` (at least 2; a few hundred varied ones is good).
+
+        ``dimensions`` also fits the compact-vector reduction on the same texts (see :meth:`fit_reduction`);
+        without it, a reduction fitted on the previous statistics no longer applies and is removed.
+        """
         items, single = check_texts(texts)
         if single:
             raise TypeError("calibrate() needs a sequence of texts, not a single string")
+        if dimensions is not None:
+            self._check_reduction_request(dimensions, len(items))
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
         self.statistics = Statistics.fit(parts.hidden, parts.routing, source=f"calibrate({len(items)} texts)")
+        self._drop_stale_reduction()
+        if dimensions is not None:
+            self._fit_reduction(parts, dimensions, f"calibrate({len(items)} texts)")
         return self.statistics
+
+    def _drop_stale_reduction(self) -> None:
+        if self.reduction is not None:
+            logger.warning("new standardisation statistics: the fitted reduction %s no longer applies and is "
+                           "removed (fit it again with fit_reduction)", self.reduction.dimensions)
+            self.reduction = None
 
     def set_statistics(self, statistics: Statistics | dict[str, Any]) -> None:
         if isinstance(statistics, Statistics):
@@ -436,6 +556,7 @@ class MoEEmbedder:
                             f"got {type(statistics).__name__}: {statistics!r:.80}")
         stats.check_dims(self.hidden_dim, self.routing_dim)
         self.statistics = stats
+        self._drop_stale_reduction()
 
     def _statistics_for(self, mode: str) -> Statistics | None:
         if self.standardize is None or mode == "hs":
@@ -461,16 +582,30 @@ class MoEEmbedder:
     # ------------------------------------------------------------------ forward
     def _encode_token_ids(self, token_ids: list[list[int]], batch_size: int | None,
                           show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
-        n = len(token_ids)
+        return self._encode_chunks(len(token_ids), [(0, token_ids)], batch_size, show_progress_bar, progress)
+
+    def _token_budget(self) -> int | None:
+        """The padded-token budget of this run (``"auto"`` resolved once per embedder and device)."""
+        if self.max_tokens_per_batch != AUTO:
+            return self.max_tokens_per_batch
+        key = (str(self.device), str(self.dtype))
+        if getattr(self, "_auto_budget", (None, None))[0] != key:
+            self._auto_budget = (key, resolve_token_budget(AUTO, self.model, self.device, self.dtype))
+        return self._auto_budget[1]
+
+    def _encode_chunks(self, n: int, chunks: Iterable[tuple[int, list[list[int]]]], batch_size: int | None,
+                       show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
+        """Every chunk ``(offset, token ids)`` is planned (length-sorted batches) and run on its own, so only
+        the chunks in flight are held in memory; rows land at ``offset + i`` in input order."""
         hidden = np.empty((n, self.hidden_dim), dtype=np.float32)
         routing = np.empty((n, self.routing_dim), dtype=np.float32)
-        lengths = [len(ids) for ids in token_ids]
+        lengths = np.zeros(n, dtype=np.int64)
         if n == 0:
-            return MoEEParts(hidden, routing, np.zeros(0, dtype=np.int64), list(self.layout))
+            return MoEEParts(hidden, routing, lengths, list(self.layout))
         rows = batch_size or self.batch_size
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"batch_size must be a positive integer, got {rows!r}")
-        queue = deque(plan_batches(lengths, rows, self.max_tokens_per_batch))
+        budget = self._token_budget()
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and n > 1
         from tqdm.auto import tqdm
@@ -491,34 +626,41 @@ class MoEEmbedder:
 
         own_bar = tqdm(total=n, desc="Encoding", unit="text", disable=progress is not None or not show_progress_bar)
         progress = own_bar if progress is None else progress
-        with self._lock, torch.inference_mode(), capture.attached(), own_bar:
-            while queue:
-                batch = queue.popleft()
-                if self._row_cap is not None and len(batch) > self._row_cap:
-                    queue.extendleft(reversed([batch[i : i + self._row_cap] for i in range(0, len(batch), self._row_cap)]))
-                    continue
-                try:
-                    pending.append((batch, self._forward([token_ids[i] for i in batch], capture)))
-                except torch.OutOfMemoryError:
-                    if len(batch) == 1:
-                        raise
-                    self._row_cap = max(1, len(batch) // 2)
-                    logger.warning("out of memory on a batch of %d texts; continuing with at most %d per batch",
-                                   len(batch), self._row_cap)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    queue.appendleft(batch)
-                    continue
-                if sum(len(done) for done, _ in pending) >= _FLUSH_ROWS:
-                    flush()
-                done_tokens += sum(lengths[i] for i in batch)
-                progress.update(len(batch))
-                if progress is own_bar:  # an external bar's owner shows its own figures
-                    progress.set_postfix(tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}",
-                                         refresh=False)
+        with self._lock, torch.inference_mode(), capture.attached(), own_bar, _closing(chunks):
+            for offset, token_ids in chunks:
+                chunk_lengths = [len(ids) for ids in token_ids]
+                lengths[offset : offset + len(token_ids)] = chunk_lengths
+                queue = deque(plan_batches(chunk_lengths, rows, budget))
+                while queue:
+                    batch = queue.popleft()
+                    if self._row_cap is not None and len(batch) > self._row_cap:
+                        queue.extendleft(reversed([batch[i : i + self._row_cap]
+                                                   for i in range(0, len(batch), self._row_cap)]))
+                        continue
+                    try:
+                        vectors = self._forward([token_ids[i] for i in batch], capture)
+                    except torch.OutOfMemoryError:
+                        if len(batch) == 1:
+                            raise
+                        self._row_cap = max(1, len(batch) // 2)
+                        logger.warning("out of memory on a batch of %d texts; continuing with at most %d per batch",
+                                       len(batch), self._row_cap)
+                        if torch.cuda.is_available():
+                            torch.cuda.empty_cache()
+                        queue.appendleft(batch)
+                        continue
+                    pending.append(([offset + i for i in batch], vectors))
+                    if sum(len(done) for done, _ in pending) >= _FLUSH_ROWS:
+                        flush()
+                    done_tokens += sum(chunk_lengths[i] for i in batch)
+                    progress.update(len(batch))
+                    if progress is own_bar:  # an external bar's owner shows its own figures
+                        progress.set_postfix(
+                            tokens_per_s=f"{done_tokens / max(time.perf_counter() - started, 1e-9):.0f}", refresh=False)
+                del token_ids  # the chunk's token lists go before the next chunk is fetched
             flush()
         self._check_finite(hidden, routing)
-        return MoEEParts(hidden, routing, np.asarray(lengths, dtype=np.int64), list(self.layout))
+        return MoEEParts(hidden, routing, lengths, list(self.layout))
 
     def _forward(self, rows: list[list[int]], capture: RoutingCapture) -> torch.Tensor:
         """One forward pass; pooling happens on the device. Returns [HS | RW] pooled, (rows, H + R) float32,

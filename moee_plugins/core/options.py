@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .combine import MODES
+from .pipeline import AUTO, DEFAULT_ROW_CAP
 from .pooling import POOLINGS
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
 from .routers import ROUTING_KINDS
@@ -62,6 +63,16 @@ def _int(name: str, value: Any, *, minimum: int = 1, optional: bool = False) -> 
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         what = "None or a positive integer" if optional else "a positive integer"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _token_budget(value: Any) -> int | str | None:
+    if isinstance(value, str) and value == AUTO:
+        return AUTO
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ValueError(f"max_tokens_per_batch must be 'auto', None or a positive integer, got {value!r}")
     return int(value)
 
 
@@ -194,9 +205,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("dtype", "auto", "parts", _dtype, "auto, float32, bfloat16 or float16"),
     Option("quantization", None, "parts", _quantization, "None, 4bit or 8bit (routers stay full precision)"),
     Option("max_length", 512, "parts", lambda v: _int("max_length", v), "tokens per text, prompt included"),
-    Option("batch_size", 32, "runtime", check_positive_int, "row cap of a forward pass"),
-    Option("max_tokens_per_batch", None, "runtime", lambda v: _int("max_tokens_per_batch", v, optional=True),
-           "padded-token budget of a forward pass"),
+    Option("batch_size", DEFAULT_ROW_CAP, "runtime", check_positive_int,
+           "row cap of a forward pass (the token budget usually closes a batch first)"),
+    Option("max_tokens_per_batch", AUTO, "runtime", _token_budget,
+           "padded-token budget of a forward pass: 'auto' (chosen per device), None (none) or a number"),
     Option("trust_remote_code", False, "runtime", _trust, "run a checkpoint's own code (the caller's choice only)",
            from_alias=False, from_file=False),
     Option("model_kwargs", None, "parts", _model_kwargs, "extra from_pretrained arguments"),

@@ -5,8 +5,8 @@ prompt_type, **kwargs)``, ``similarity``, ``similarity_pairwise``, ``mteb_model_
 (HS, RW) through a :class:`~moee_plugins.evaluation.cache.PartsStore`, so views of the same wrapper in other
 modes (:meth:`MoEEMTEBModel.with_mode`) reuse them instead of running the model again.
 
-What each MTEB task type does with the vectors (``sum`` vectors are ``[u(HS), sqrt(alpha) u(RW)]``, every one
-of norm ``sqrt(1 + alpha)``, so ``a . b = cos(HS) + alpha cos(RW)`` exactly):
+What each MTEB task type does with the vectors (``sum`` vectors are ``[u(HS), sqrt(alpha) u(RW)] / sqrt(1 + alpha)``,
+unit length, so ``a . b = (cos(HS) + alpha cos(RW)) / (1 + alpha)`` exactly, the fused score over a constant):
 
 - STS, summarization, pair classification, reranking: scores come from :meth:`similarity` /
   :meth:`similarity_pairwise`, which are the fused score itself for ``sum`` (cosine for the other modes).
@@ -14,7 +14,7 @@ of norm ``sqrt(1 + alpha)``, so ``a . b = cos(HS) + alpha cos(RW)`` exactly):
   Manhattan column is not.
 - Classification: logistic regression (L2-regularised) on the vectors. Its decision function depends on the
   data only through dot products, i.e. it is kernel logistic regression with kernel cos(HS) + alpha cos(RW).
-- Clustering: k-means on the vectors, whose squared distances are ``2(1 + alpha) - 2 (cos(HS) + alpha cos(RW))``:
+- Clustering: k-means on the vectors, whose squared distances are ``2 - 2 (cos(HS) + alpha cos(RW)) / (1 + alpha)``:
   kernel k-means with the fused similarity as kernel.
 
 The paper's released code instead averages the labels (classification) or cluster ids (clustering) predicted
