@@ -14,7 +14,7 @@ import torch
 
 import moee_plugins.core.embedder as embedder_module
 from moee_plugins import MoEEmbedder
-from moee_plugins.core import pipeline
+from moee_plugins.core import options, pipeline
 from moee_plugins.core.batching import plan_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,8 +40,9 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_are_auto_budget_and_a_large_row_cap(tiny_embedder):
     fresh = sibling(tiny_embedder)
-    assert MoEEmbedder.__init__.__kwdefaults__["max_tokens_per_batch"] == "auto"
-    assert MoEEmbedder.__init__.__kwdefaults__["batch_size"] == pipeline.DEFAULT_ROW_CAP
+    assert options.OPTIONS["max_tokens_per_batch"].default == "auto"
+    assert options.OPTIONS["batch_size"].default == pipeline.DEFAULT_ROW_CAP
+    assert fresh.batch_size == pipeline.DEFAULT_ROW_CAP
     assert fresh.config["max_tokens_per_batch"] == "auto"
     assert fresh._token_budget() == pipeline.CPU_TOKEN_BUDGET
     assert sibling(tiny_embedder, max_tokens_per_batch=None)._token_budget() is None

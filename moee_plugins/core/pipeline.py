@@ -37,14 +37,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def check_token_budget(value: Any) -> None:
-    """``"auto"``, ``None`` (no budget) or a positive integer; anything else is refused by name."""
-    if value is None or (isinstance(value, str) and value == AUTO):
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_tokens_per_batch must be 'auto', None or a positive integer, got {value!r}")
-
-
 def activation_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     """A conservative estimate of the forward pass's peak activation memory per padded token.
 
