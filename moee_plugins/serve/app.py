@@ -145,7 +145,7 @@ class PromptTokenizer:
                 template = embedder.prompt
                 whole = embedder.tokenizer([template.wrap(template.clean(texts[i])) for i in candidates],
                                            add_special_tokens=True)["input_ids"]
-                truncated = [i for i, row in zip(candidates, whole) if len(row) > limit]
+                truncated = [i for i, row in zip(candidates, whole, strict=True) if len(row) > limit]
         return ids, truncated
 
 
@@ -397,10 +397,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     async def health() -> Any:
         if batcher.ready:
             return {"status": "ok", "model": settings.model_name}
-        if batcher.closing:
-            state = "shutting_down"
-        else:
-            state = "loading" if batcher.load_error is None else "error"
+        state = "shutting_down" if batcher.closing else "loading" if batcher.load_error is None else "error"
         body: dict[str, Any] = {"status": state, "model": settings.model_name}
         if batcher.load_error is not None:
             body["message"] = str(batcher.load_error)

@@ -122,6 +122,10 @@ class DynamicBatcher:
         return True
 
     @property
+    def worker_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def queued_inputs(self) -> int:
         return self._queued_inputs
 
