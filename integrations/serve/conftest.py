@@ -32,7 +32,7 @@ def serve_factory() -> Iterator[Callable[..., RunningServer]]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_embedder: Any, one_thread: None) -> Iterator[RunningServer]:
+def server(one_thread: None, tiny_embedder: Any) -> Iterator[RunningServer]:
     """One server over the shared tiny embedder for a whole module."""
     running = start_server(tiny_embedder)
     yield running

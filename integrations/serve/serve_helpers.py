@@ -33,6 +33,7 @@ class RunningServer:
 
     def client(self, key: str | None = API_KEY, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers.update(kwargs.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     def stop(self, timeout: float = 30) -> None:
