@@ -172,7 +172,9 @@ def main() -> int:
     ]
     c.emit(c.table(["", "texts/s", "tokens/s", "p50 ms", "p99 ms", "mean batch"], rows))
     server_padded = metrics.sample("moee_batch_padded_tokens_total")
-    c.emit(f"real / padded tokens: in-process {tokens / in_process_padded:.0%}, server {tokens / server_padded:.0%}")
+    busy = metrics.sample("moee_batch_seconds_sum") / server_s
+    c.emit(f"real / padded tokens: in-process {tokens / in_process_padded:.0%}, server {tokens / server_padded:.0%}; "
+           f"server worker busy {busy:.0%} of the run (the rest: waiting for requests, or the CPU taken elsewhere)")
     c.emit(f"answered exactly once: {once}; failures: {len(result['failures'])}; max |server - in-process| = "
            f"{result['worst']:.2e}")
     for line in result["failures"][:5]:
@@ -182,7 +184,7 @@ def main() -> int:
                  "in_process_s": in_process_s, "server_s": server_s, "p50_ms": float(np.percentile(latencies, 50)),
                  "p99_ms": float(np.percentile(latencies, 99)), "mean_batch": mean_batch, "batches": batches,
                  "in_process_padded_tokens": in_process_padded, "server_padded_tokens": server_padded,
-                 "ratio": ratio, "answered_once": once, "max_abs_diff": result["worst"],
+                 "ratio": ratio, "worker_busy": busy, "answered_once": once, "max_abs_diff": result["worst"],
                  "failures": len(result["failures"])})
     return 0 if once and not result["failures"] and result["worst"] <= 1e-5 else 1
 

@@ -158,6 +158,34 @@ def test_close_finishes_accepted_requests_then_refuses(batchers):
     assert not batcher.worker_alive
 
 
+class ReducingFake(FakeEmbedder):
+    """Has compact vectors of 1 dimension (as MoEEmbedder.supported_dimensions / combine(dimensions=) give)."""
+
+    supported_dimensions = (1,)
+
+    def combine(self, rows, dimensions=None):
+        full = super().combine(rows)
+        return full if dimensions is None else full[:, :dimensions]
+
+
+def test_full_and_reduced_requests_share_a_batch():
+    fake = ReducingFake(gated=True)
+    batcher = DynamicBatcher(fake, BatchSettings(max_wait_ms=0))
+    try:
+        assert batcher.wait_ready(10) and batcher.supports_dimensions(1) and not batcher.supports_dimensions(2)
+        blocker = batcher.submit(_rows(9, 1))
+        assert fake.entered.wait(5)
+        full, reduced = batcher.submit(_rows(1, 2)), batcher.submit(_rows(2, 3), dimensions=1)
+        fake.gate.set()
+        _check(full.result(10), _rows(1, 2))
+        np.testing.assert_array_equal(reduced.result(10), [[row[0]] for row in _rows(2, 3)])
+        blocker.result(10)
+        assert len(fake.calls) == 2  # one forward pass for both
+    finally:
+        fake.gate.set()
+        batcher.close(10)
+
+
 def test_a_loader_that_fails_is_reported_not_raised():
     def broken():
         raise OSError("no such model")

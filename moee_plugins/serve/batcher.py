@@ -24,8 +24,6 @@ from ..core.batching import plan_batches
 
 logger = logging.getLogger("moee_plugins")
 
-_WINDOW_BATCHES = 4  # rows taken from the queue at once, in batches' worth: sorting a wider window pads less
-
 
 class Overloaded(Exception):
     """The queue is full: the caller should retry later (HTTP 503 with Retry-After)."""
@@ -51,9 +49,10 @@ class BatchSettings:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue_inputs: int = 8192
+    window_batches: int = 8  # batches' worth of waiting rows taken and length-sorted at once: wider pads less
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_batch_size", "max_queue_inputs"):
+        for name in ("max_batch_tokens", "max_batch_size", "max_queue_inputs", "window_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -187,8 +186,8 @@ class DynamicBatcher:
         ensure = getattr(embedder, "ensure_statistics", None)
         if callable(ensure):
             ensure()
-        elif embedder.statistics is None and embedder.standardize is not None:
-            embedder.combine(embedder.encode_parts(["."], show_progress_bar=False), mode="sum")
+        elif embedder.statistics is None and embedder.standardize is not None and embedder.mode != "hs":
+            embedder.combine(embedder.encode_parts(["."], show_progress_bar=False))  # calibrates once
 
     def _take_window(self) -> list[tuple[EmbeddingJob, int]] | None:
         """Wait for rows (up to ``max_wait_ms`` after the oldest arrived, unless a batch is already full) and
@@ -207,8 +206,8 @@ class DynamicBatcher:
                 self._cond.wait(remaining)
             window: list[tuple[EmbeddingJob, int]] = []
             tokens = 0
-            row_limit = settings.max_batch_size * _WINDOW_BATCHES
-            token_limit = settings.max_batch_tokens * _WINDOW_BATCHES
+            row_limit = settings.max_batch_size * settings.window_batches
+            token_limit = settings.max_batch_tokens * settings.window_batches
             while self._queue and len(window) < row_limit and tokens < token_limit:
                 job = self._queue[0]
                 if job.future.done():  # cancelled by its caller: drop its rows unseen
