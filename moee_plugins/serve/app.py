@@ -232,7 +232,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         settings = ServeSettings(model_name=str(embedder.config.get("model") or "moee"))
     metrics = ServerMetrics()
     batcher = DynamicBatcher(embedder, settings.batch, observer=metrics)
-    tokenizers: dict[str, PromptTokenizer] = {}
+    tokenizer: list[PromptTokenizer] = []  # made on the first request (the embedder may still be loading before)
     key_digest = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
     retry = {"Retry-After": str(settings.retry_after_s)}
     created = int(time.time())
@@ -308,8 +308,9 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     async def embed(request: Any, embedder: Any, texts: list[str], dimensions: int | None
                     ) -> tuple[np.ndarray, int, list[int]]:
         """Vectors (input order), tokens used and the indices of truncated inputs, via the batcher."""
-        tokenize = tokenizers.setdefault("default", PromptTokenizer(embedder))
-        token_ids, truncated = await concurrency.run_in_threadpool(tokenize, texts)
+        if not tokenizer:
+            tokenizer.append(PromptTokenizer(embedder))
+        token_ids, truncated = await concurrency.run_in_threadpool(tokenizer[0], texts)
         try:
             future = batcher.submit(token_ids, dimensions)
         except Overloaded as exc:
