@@ -1,0 +1,76 @@
+"""Clients we did not write (openai, LangChain's OpenAIEmbeddings, LlamaIndex's OpenAIEmbedding) against a
+real server on 127.0.0.1: the vectors they get equal in-process ``MoEEmbedder.encode`` of the same texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serve_helpers import API_KEY, MODEL_NAME
+
+TEXTS = ["The hockey team won the final.", "GPUs and printers for sale", "A recipe for bread", "x"]
+
+
+def test_openai_client_float_and_base64(server, tiny_embedder):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0)
+    expected = tiny_embedder.encode(TEXTS)
+    as_float = client.embeddings.create(model=MODEL_NAME, input=TEXTS, encoding_format="float")
+    as_base64 = client.embeddings.create(model=MODEL_NAME, input=TEXTS)  # the client asks for base64 by default
+    for response in (as_float, as_base64):
+        assert [item.index for item in response.data] == list(range(len(TEXTS)))
+        got = np.asarray([item.embedding for item in response.data], dtype=np.float32)
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+        assert response.model == MODEL_NAME
+        tokens = sum(len(ids) for ids in tiny_embedder.tokenize(TEXTS))  # prompt included
+        assert response.usage.prompt_tokens == response.usage.total_tokens == tokens
+    single = client.embeddings.create(model=MODEL_NAME, input=TEXTS[1], encoding_format="float")
+    np.testing.assert_allclose(single.data[0].embedding, expected[1], atol=1e-6, rtol=0)
+    raw = client.embeddings.with_raw_response.create(model=MODEL_NAME, input=TEXTS, encoding_format="base64")
+    assert raw.headers["x-moee-truncated"] == "0"
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+
+
+def test_openai_client_full_dimensions_accepted_others_refused(server, tiny_embedder):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0)
+    full = client.embeddings.create(model=MODEL_NAME, input=TEXTS[:2], dimensions=tiny_embedder.dim,
+                                    encoding_format="float")
+    np.testing.assert_allclose([d.embedding for d in full.data], tiny_embedder.encode(TEXTS[:2]), atol=1e-6, rtol=0)
+    reduced = tuple(getattr(tiny_embedder, "supported_dimensions", ()) or ())
+    with pytest.raises(openai.BadRequestError, match="dimensions=7 is not available"):
+        client.embeddings.create(model=MODEL_NAME, input=TEXTS[:2], dimensions=7 if 7 not in reduced else 10**6)
+
+
+def test_openai_client_wrong_key_is_refused(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.v1, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="invalid or missing API key"):
+        client.embeddings.create(model=MODEL_NAME, input=TEXTS)
+
+
+def test_langchain_openai_embeddings(server, tiny_embedder):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    embeddings = langchain_openai.OpenAIEmbeddings(model=MODEL_NAME, base_url=server.v1, api_key=API_KEY,
+                                                   check_embedding_ctx_length=False, max_retries=0)
+    documents = embeddings.embed_documents(TEXTS)
+    np.testing.assert_allclose(np.asarray(documents), tiny_embedder.encode(TEXTS), atol=1e-6, rtol=0)
+    query = embeddings.embed_query("Who won the hockey final?")
+    np.testing.assert_allclose(query, tiny_embedder.encode("Who won the hockey final?"), atol=1e-6, rtol=0)
+
+
+async def test_langchain_openai_embeddings_async(server, tiny_embedder):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    embeddings = langchain_openai.OpenAIEmbeddings(model=MODEL_NAME, base_url=server.v1, api_key=API_KEY,
+                                                   check_embedding_ctx_length=False, max_retries=0)
+    documents = await embeddings.aembed_documents(TEXTS)
+    np.testing.assert_allclose(np.asarray(documents), tiny_embedder.encode(TEXTS), atol=1e-6, rtol=0)
+
+
+def test_llama_index_openai_embedding(server, tiny_embedder):
+    llama_openai = pytest.importorskip("llama_index.embeddings.openai")
+    model = llama_openai.OpenAIEmbedding(model_name=MODEL_NAME, api_base=server.v1, api_key=API_KEY, max_retries=0,
+                                         embed_batch_size=3)  # 4 texts -> two requests, still in order
+    vectors = model.get_text_embedding_batch(TEXTS)
+    np.testing.assert_allclose(np.asarray(vectors), tiny_embedder.encode(TEXTS), atol=1e-6, rtol=0)
+    query = model.get_query_embedding("bread recipe")
+    np.testing.assert_allclose(query, tiny_embedder.encode("bread recipe"), atol=1e-6, rtol=0)

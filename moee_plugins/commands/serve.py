@@ -1,0 +1,150 @@
+"""``moee serve``: an OpenAI-compatible embeddings server (``POST /v1/embeddings``) for one MoEE model.
+
+Concurrent requests are merged into token-budget batches by one worker that owns the model; see
+``docs/serve.md``. ``--engine ray --replicas N`` serves the same API from N replicas with Ray Serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from ._options import add_model_options, embedder_kwargs
+
+API_KEY_ENV = "MOEE_API_KEY"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeError(Exception):
+    """A bad option, reported in one line without a traceback."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` sub-command."""
+    parser = subparsers.add_parser(
+        "serve", help="serve embeddings over HTTP with OpenAI's /v1/embeddings API",
+        description="Serve MoEE embeddings over HTTP: POST /v1/embeddings (OpenAI's API), GET /v1/models, "
+        "POST /similarity, GET /health, GET /metrics (Prometheus). Concurrent requests are merged into "
+        "token-budget batches.",
+    )
+    add_model_options(parser, model_required=True)
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    net.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    net.add_argument("--api-key", default=None,
+                     help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV} "
+                     "if set, else no key)")
+    net.add_argument("--served-model-name", default=None,
+                     help="the model name /v1/models lists and requests send (default: --model)")
+    net.add_argument("--max-batch-tokens", type=int, default=None,
+                     help="padded tokens (rows x longest) per merged forward pass (default: --max-tokens-per-batch, "
+                     "else 8192); --batch-size caps its rows")
+    net.add_argument("--max-wait-ms", type=float, default=5.0,
+                     help="how long an idle worker waits for more requests to fill a batch (default: %(default)s)")
+    net.add_argument("--max-inputs-per-request", type=int, default=2048, help="(default: %(default)s)")
+    net.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024,
+                     help="largest request body; larger ones get 413 (default: %(default)s)")
+    net.add_argument("--max-queue-inputs", type=int, default=8192,
+                     help="texts allowed to wait for the model; beyond it requests get 503 + Retry-After "
+                     "(default: %(default)s)")
+    net.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray_options = parser.add_argument_group("--engine ray")
+    ray_options.add_argument("--engine", choices=("local", "ray"), default="local",
+                             help="local: this process; ray: Ray Serve replicas (default: %(default)s)")
+    ray_options.add_argument("--replicas", type=int, default=1, help="model replicas for --engine ray (default: 1)")
+    ray_options.add_argument("--address", default=None, help="Ray cluster address (default: a local cluster)")
+    ray_options.add_argument("--num-gpus", type=float, default=None, help="GPUs per replica, e.g. 1 or 0.5")
+    ray_options.add_argument("--num-cpus", type=float, default=None, help="CPUs per replica")
+    parser.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    """The server settings the flags describe (``ServeError`` on a bad value)."""
+    from ..serve import BatchSettings, ServeSettings
+
+    for name in ("port", "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size"):
+        value = getattr(args, name)
+        if value < 1 or (name == "port" and value > 65535):
+            raise ServeError(f"--{name.replace('_', '-')} must be a positive integer{' <= 65535' if name == 'port' else ''}, "
+                             f"got {value}")
+    budget = args.max_batch_tokens or args.max_tokens_per_batch or 8192
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        batch = BatchSettings(max_batch_tokens=budget, max_batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+                              max_queue_inputs=args.max_queue_inputs)
+        return ServeSettings(model_name=args.served_model_name or args.model, api_key=api_key,
+                             max_inputs_per_request=args.max_inputs_per_request,
+                             max_request_bytes=args.max_request_bytes, batch=batch)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point: serves until SIGINT/SIGTERM; 0 after a clean stop, 2 on a bad option or a model that fails to load."""
+    try:
+        return _run(args)
+    except ServeError as exc:
+        sys.stderr.write(f"moee serve: error: {exc}\n")
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        options = embedder_kwargs(args)
+        settings = settings_from(args)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.host not in _LOOPBACK and settings.api_key is None:
+        logging.getLogger("moee_plugins").warning(
+            "moee serve: listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
+    if args.engine == "ray":
+        return _run_on_ray(args, options, settings)
+
+    from ..core import MoEEmbedder
+    from ..serve import create_app
+    from ..serve.server import make_server
+
+    def load() -> Any:
+        return MoEEmbedder(args.model, **options)
+
+    app = create_app(load, settings)
+    server = make_server(app, args.host, args.port, log_level=args.log_level)
+    failed = threading.Event()
+
+    def stop_if_load_fails() -> None:
+        batcher = app.state.batcher
+        if not batcher.wait_ready() and batcher.load_error is not None:
+            sys.stderr.write(f"moee serve: error: cannot load model {args.model!r}: {batcher.load_error}\n")
+            failed.set()
+            server.should_exit = True
+
+    threading.Thread(target=stop_if_load_fails, name="moee-serve-load-watch", daemon=True).start()
+    sys.stderr.write(f"moee serve: loading {args.model}; serving http://{args.host}:{args.port}/v1/embeddings "
+                     "(GET /health turns 200 once the model is ready)\n")
+    server.run()
+    return 2 if failed.is_set() else 0
+
+
+def _run_on_ray(args: argparse.Namespace, options: dict[str, Any], settings: Any) -> int:
+    from .._extras import require
+    from ..serve import ray_serve
+
+    ray = require("ray", "ray")
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    try:
+        application = ray_serve.deployment(args.model, settings, replicas=args.replicas, num_cpus=args.num_cpus,
+                                           num_gpus=args.num_gpus, **options)
+    except (OSError, ValueError, TypeError, ImportError) as exc:
+        raise ServeError(str(exc)) from exc
+    sys.stderr.write(f"moee serve: {args.replicas} Ray Serve replica(s) of {args.model} at "
+                     f"http://{args.host}:{args.port}/v1/embeddings (Ctrl-C stops)\n")
+    with contextlib.suppress(KeyboardInterrupt):
+        ray_serve.run(application, args.host, args.port, address=args.address, blocking=True)
+    return 0

@@ -1,0 +1,17 @@
+"""``moee serve``: MoEE embeddings over HTTP with OpenAI's ``/v1/embeddings`` API and dynamic batching.
+
+Needs ``pip install "moee-plugins[serve]"`` (FastAPI, uvicorn, prometheus-client); Ray Serve scale-out needs
+``moee-plugins[serve,ray]`` too. Importing this package imports neither.
+
+* :func:`~moee_plugins.serve.app.create_app`: the FastAPI app over a built embedder (or a loader).
+* :class:`~moee_plugins.serve.batcher.DynamicBatcher`: the worker thread that owns the model.
+* :func:`~moee_plugins.serve.server.run_server`: uvicorn on one host/port, graceful on SIGINT/SIGTERM.
+* :func:`~moee_plugins.serve.ray_serve.deployment`: the same API as a Ray Serve application with N replicas.
+"""
+
+from __future__ import annotations
+
+from .app import ApiError, ServeSettings, create_app
+from .batcher import BatchSettings, DynamicBatcher, NotReady, Overloaded
+
+__all__ = ["ApiError", "BatchSettings", "DynamicBatcher", "NotReady", "Overloaded", "ServeSettings", "create_app"]
