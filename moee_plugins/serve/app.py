@@ -299,7 +299,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             return None
         if batcher.supports_dimensions(value):
             return value
-        reduced = sorted(getattr(embedder, "supported_dimensions", ()) or ())
+        reduced = sorted(embedder.supported_dimensions)
         offer = f"{embedder.dim}" + (f" or one of the reduced sizes {reduced}" if reduced else
                                      " (this model has no reduced dimensions fitted)")
         raise ApiError(400, f"dimensions={value} is not available: ask for {offer}", param="dimensions",

@@ -9,7 +9,6 @@ A job whose caller went away (its future was cancelled) is skipped, never reused
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
 import logging
 import threading
 import time
@@ -97,7 +96,6 @@ class DynamicBatcher:
         self._ready = threading.Event()
         self._closing = False
         self.load_error: BaseException | None = None
-        self._combine_takes_dimensions = False
         self._thread = threading.Thread(target=self._run, name="moee-serve-worker", daemon=True)
         self._thread.start()
 
@@ -130,8 +128,7 @@ class DynamicBatcher:
 
     def supports_dimensions(self, dimensions: int) -> bool:
         """Whether reduced vectors of ``dimensions`` can be produced by this embedder."""
-        supported = tuple(getattr(self.embedder, "supported_dimensions", ()) or ())
-        return dimensions in supported and self._combine_takes_dimensions
+        return dimensions in tuple(self.embedder.supported_dimensions)
 
     # ------------------------------------------------------------------ requests
     def submit(self, token_ids: Sequence[Sequence[int]], dimensions: int | None = None) -> concurrent.futures.Future:
@@ -168,7 +165,6 @@ class DynamicBatcher:
             embedder = self._source() if callable(self._source) else self._source
             self._prepare(embedder)
             self.embedder = embedder
-            self._combine_takes_dimensions = "dimensions" in inspect.signature(embedder.combine).parameters
         except BaseException as exc:  # reported by /health and to every caller; the server keeps answering
             logger.exception("moee serve: the model failed to load")
             self.load_error = exc
@@ -183,11 +179,7 @@ class DynamicBatcher:
     @staticmethod
     def _prepare(embedder: Any) -> None:
         """Fix the standardisation statistics now, not inside the first request."""
-        ensure = getattr(embedder, "ensure_statistics", None)
-        if callable(ensure):
-            ensure()
-        elif embedder.statistics is None and embedder.standardize is not None and embedder.mode != "hs":
-            embedder.combine(embedder.encode_parts(["."], show_progress_bar=False))  # calibrates once
+        embedder.ensure_statistics()
 
     def _take_window(self) -> list[tuple[EmbeddingJob, int]] | None:
         """Wait for rows (up to ``max_wait_ms`` after the oldest arrived, unless a batch is already full) and
@@ -266,8 +258,6 @@ class DynamicBatcher:
                 _settle(job.future, result=job.vectors)
 
     def _combine(self, parts: Any, dimensions: int | None) -> np.ndarray:
-        if dimensions is None:
-            return self.embedder.combine(parts)
         return self.embedder.combine(parts, dimensions=dimensions)
 
 
