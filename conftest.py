@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,8 @@ def tiny_statistics(tiny_embedder):
 SMALL_CALIBRATION_SIZE = 24
 
 
-@pytest.fixture
-def small_builtin_calibration(monkeypatch):
-    """Calibrate "on the built-in sentences" with only the first few of them, for tests that need a built-in
-    calibration of a non-default layout (another routing, a layer subset) just to compare a few vectors: every
-    embedder in the test uses the same short set, so their results still agree to the bit."""
+def use_small_builtin_calibration(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Make the core's built-in calibration use only the first :data:`SMALL_CALIBRATION_SIZE` built-in sentences."""
     import moee_plugins.core.embedder  # noqa: F401 - the module that calibrates by default
     from moee_plugins.core.standardize import calibration_sentences
 
@@ -108,6 +106,21 @@ def small_builtin_calibration(monkeypatch):
                 and getattr(module, "calibration_sentences", None) is calibration_sentences:
             monkeypatch.setattr(module, "calibration_sentences", lambda: sentences)
     return sentences
+
+
+@pytest.fixture
+def small_builtin_calibration(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Calibrate "on the built-in sentences" with only the first few of them, for tests that need a built-in
+    calibration of a non-default layout (another routing, a layer subset, a freshly built model) just to compare a
+    few vectors: every embedder in the test uses the same short set, so their results still agree to the bit."""
+    return use_small_builtin_calibration(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def small_builtin_calibration_for_module() -> Iterator[tuple[str, ...]]:
+    """:func:`small_builtin_calibration` for a whole module (for module-scoped fixtures that calibrate)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield use_small_builtin_calibration(monkeypatch)
 
 
 _SKIPPED: list[str] = []

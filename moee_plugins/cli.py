@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .aliases import list_aliases
 
 # sub-command modules under moee_plugins.commands, in the order `moee --help` lists them
-COMMANDS = ("embed", "topics", "eval")
+COMMANDS = ("embed", "topics", "eval", "demo")
 
 
 def _models(args: argparse.Namespace) -> int:
