@@ -11,8 +11,13 @@ make_venv "${VENV:-.venv-demo}"
 install_torch
 python -m pip install -q -c "$CONSTRAINTS" -e ".[bertopic,cli]"
 
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
-if [ "$#" -eq 0 ]; then
-    set -- -o demo-output
-fi
+export TOKENIZERS_PARALLELISM=false
+case " $* " in
+    *" --model"*) ;;                                   # a real model: it may come from the Hub
+    *) export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ;;  # the tiny random model needs nothing from the network
+esac
+case " $* " in
+    *" -o "* | *" --output"*) ;;
+    *) set -- -o demo-output "$@" ;;
+esac
 moee demo "$@"
