@@ -112,8 +112,8 @@ def _readme(model: str, tiny: bool, query: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _search(model: str, device: str | None, query: str, corpus: list[dict[str, Any]], vectors: np.ndarray,
-            quiet: bool) -> list[tuple[float, dict[str, Any]]]:
+def _search(model: str, device: str | None, query: str, corpus: list[dict[str, Any]],
+            vectors: np.ndarray) -> list[tuple[float, dict[str, Any]]]:
     """The ``TOP_K`` documents whose vectors score highest against the query's, by the mode's own similarity."""
     from ..core import MoEEmbedder
 
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     _say(f"vectors: {vectors.shape[0]} x {vectors.shape[1]} in {vectors_path}\n")
 
     # 2. search
-    hits = _search(model, args.device, args.query, corpus, vectors, args.quiet)
+    hits = _search(model, args.device, args.query, corpus, vectors)
     lines = [f"query: {args.query}"] + [f"{rank}. {score:+.3f}  [{doc['topic']}] {doc['text']}"
                                         for rank, (score, doc) in enumerate(hits, 1)]
     if tiny:
