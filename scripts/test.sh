@@ -13,6 +13,7 @@ python -m pip install -q -c "$CONSTRAINTS" -e ".[all,dev]"
 python -m pip check
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export NO_MKDOCS_2_WARNING=1  # mkdocs-material's end-of-life banner
 
 echo "== ruff check ."
 ruff check .
