@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,27 @@ import pytest
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP/BLAS thread for this process and every process it starts (fresh interpreters, Ray actors,
+# multi-process pools), set before torch is imported: the tiny models gain nothing from more, and on a busy
+# 2-core machine a second thread waiting at every op's barrier makes a forward pass ~20x slower.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 FIXTURES = Path(__file__).parent / "tests" / "fixtures"
 PARITY_DIR = FIXTURES / "olmoe-parity"
 TINY_ALIAS = "tiny-olmoe"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_session():
+    """The whole session runs torch on one intra-op thread (see OMP_NUM_THREADS above), whatever imported torch
+    first; restored at the end."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +82,45 @@ def tiny_embedder(tiny_model_dir: Path):
     embedder = MoEEmbedder(str(tiny_model_dir), mode="sum", device="cpu")
     embedder.ensure_statistics()  # the one-time calibration on the built-in sentences
     return embedder
+
+
+@pytest.fixture(scope="session")
+def tiny_statistics(tiny_embedder):
+    """The session's built-in calibration of the tiny model (sum/concat, all layers, logits), to hand to any other
+    embedder of that model with ``statistics=`` / ``set_statistics`` instead of recalibrating."""
+    return tiny_embedder.statistics
+
+
+SMALL_CALIBRATION_SIZE = 24
+
+
+def use_small_builtin_calibration(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Make the core's built-in calibration use only the first :data:`SMALL_CALIBRATION_SIZE` built-in sentences."""
+    import moee_plugins.core.embedder  # noqa: F401 - the module that calibrates by default
+    from moee_plugins.core.standardize import calibration_sentences
+
+    sentences = calibration_sentences()[:SMALL_CALIBRATION_SIZE]
+    # wherever the core calls it (not moee_plugins.testing, whose tokenizers are trained on the full set)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("moee_plugins.core.") and name != "moee_plugins.core.standardize" \
+                and getattr(module, "calibration_sentences", None) is calibration_sentences:
+            monkeypatch.setattr(module, "calibration_sentences", lambda: sentences)
+    return sentences
+
+
+@pytest.fixture
+def small_builtin_calibration(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Calibrate "on the built-in sentences" with only the first few of them, for tests that need a built-in
+    calibration of a non-default layout (another routing, a layer subset, a freshly built model) just to compare a
+    few vectors: every embedder in the test uses the same short set, so their results still agree to the bit."""
+    return use_small_builtin_calibration(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def small_builtin_calibration_for_module() -> Iterator[tuple[str, ...]]:
+    """:func:`small_builtin_calibration` for a whole module (for module-scoped fixtures that calibrate)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield use_small_builtin_calibration(monkeypatch)
 
 
 _SKIPPED: list[str] = []

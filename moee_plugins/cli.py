@@ -23,7 +23,7 @@ from typing import Any
 from .aliases import list_aliases
 
 # sub-command modules under moee_plugins.commands, in the order `moee --help` lists them
-COMMANDS = ("embed", "topics", "eval", "serve")
+COMMANDS = ("embed", "topics", "eval", "serve", "demo")
 
 logger = logging.getLogger("moee_plugins")
 

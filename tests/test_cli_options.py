@@ -19,7 +19,7 @@ def test_model_options_are_the_same_everywhere(command):
         "probs", "1,2", "cpu", "float32", 64, 4)
 
 
-def test_embed_honours_routing_and_layers(tiny_model_dir, tmp_path):
+def test_embed_honours_routing_and_layers(tiny_model_dir, tmp_path, small_builtin_calibration):
     corpus = tmp_path / "corpus.txt"
     texts = ["The hockey team won.", "GPUs and printers", "moon"]
     corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")

@@ -205,3 +205,79 @@ def test_stop_words_only_corpus_is_a_clear_error(tmp_path):
     path.write_text("the and of it\n" * 12, encoding="utf-8")
     code, _, err = run_cli(str(path), "-o", str(tmp_path / "out"), "--model", "moee:not-a-model")
     assert code == 2 and "0 distinct word(s)" in err
+
+
+def _html_with_plot(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    parser = TagCounter()
+    parser.feed(text)
+    parser.close()
+    assert parser.tags.get("html") == 1 and parser.tags.get("body") == 1
+    assert any("Plotly.newPlot" in script for script in parser.scripts)
+    return text
+
+
+@pytest.mark.parametrize("n_clusters", [1, 2, 3, 5])
+def test_topic_map_is_always_written_and_says_when_it_falls_back(make_model, tmp_path, n_clusters):
+    """Fewer than 3 topics: BERTopic's 2-D map cannot be drawn, so the page shows the topics by size and says why.
+    KMeans fixes the number of topics, so both cases are tested whatever a clustering would find."""
+    from sklearn.cluster import KMeans
+
+    from moee_plugins.commands import topics as command
+
+    model = make_model(hdbscan_model=KMeans(n_clusters=n_clusters, n_init=3, random_state=0))
+    assert len([t for t in model.get_topic_freq().Topic if t != -1]) == n_clusters
+    written = command.write_visualisations(model, tmp_path)
+    assert list(written) == ["topic_map.html", "topic_barchart.html"] and written["topic_barchart.html"] == ""
+    topic_map = _html_with_plot(tmp_path / "topic_map.html")
+    _html_with_plot(tmp_path / "topic_barchart.html")
+    if n_clusters < command.MIN_MAP_TOPICS:
+        assert written["topic_map.html"].startswith(f"{n_clusters} topic(s)")
+        assert "needs at least 3" in topic_map and "Intertopic Distance Map" not in topic_map
+        assert all(f"Topic {topic}" in topic_map for topic in range(n_clusters))
+    else:
+        assert written["topic_map.html"] == "" and "Intertopic Distance Map" in topic_map
+
+
+def test_topic_map_falls_back_when_bertopic_cannot_draw_it(make_model, tmp_path, monkeypatch, caplog):
+    from sklearn.cluster import KMeans
+
+    from moee_plugins.commands import topics as command
+
+    model = make_model(hdbscan_model=KMeans(n_clusters=4, n_init=3, random_state=0))
+
+    def broken(*args, **kwargs):
+        raise ValueError("zero-size array")
+
+    monkeypatch.setattr(model, "visualize_topics", broken)
+    with caplog.at_level("WARNING", logger="moee_plugins"):
+        written = command.write_visualisations(model, tmp_path)
+    assert "could not draw it (ValueError: zero-size array)" in written["topic_map.html"]
+    assert "zero-size array" in caplog.text
+    assert "could not draw it" in _html_with_plot(tmp_path / "topic_map.html")
+
+
+def test_cli_reports_a_fallback_topic_map(tmp_path, tiny_alias, corpus_factory, monkeypatch):
+    """Two topics end to end: exit 0, both pages written, and the fallback named on screen."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    from moee_plugins.commands import topics as command
+
+    real_build = command.build_topic_model
+
+    def two_topics(embedder, n_documents, **kwargs):
+        model = real_build(embedder, n_documents, **kwargs)
+        model.umap_model = PCA(n_components=4, random_state=0)
+        model.hdbscan_model = KMeans(n_clusters=2, n_init=3, random_state=0)
+        return model
+
+    monkeypatch.setattr(command, "build_topic_model", two_topics)
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(corpus_factory(20, seed=8)[0]) + "\n", encoding="utf-8")
+    code, out, err = run_cli(str(path), "-o", str(tmp_path / "out"), "--model", tiny_alias, "--calibrate", "corpus",
+                             "--device", "cpu", "-q")
+    assert code == 0, err
+    assert "20 documents, 2 topics" in out and "note: topic_map.html: 2 topic(s)" in out
+    assert "topic_map.html" in out.splitlines()[-1] and "topic_barchart.html" in out.splitlines()[-1]
+    assert "needs at least 3" in _html_with_plot(tmp_path / "out" / "topic_map.html")

@@ -6,7 +6,8 @@ HDBSCAN (eom), ``CountVectorizer(stop_words="english")``, ``ClassTfidfTransforme
 
 Writes into OUTDIR: ``topics.csv`` (document, topic, probability; row i is input document i),
 ``topic_info.csv``, ``embeddings.npy`` (row i is input document i), ``embedder.json`` (the
-embedder's config), ``topic_map.html`` and ``topic_barchart.html``, and with ``--save-model`` the
+embedder's config), ``topic_map.html`` and ``topic_barchart.html`` (always both: with fewer than 3 topics the
+map shows the topics side by side by size, and says so), and with ``--save-model`` the
 topic model in ``model/`` (load it with :func:`moee_plugins.bertopic.load_topic_model`).
 """
 
@@ -31,6 +32,7 @@ DEFAULT_MIN_TOPIC_SIZE = 15
 UMAP_NEIGHBORS = 15
 UMAP_COMPONENTS = 5
 MAX_BARCHART_TOPICS = 30
+MIN_MAP_TOPICS = 3  # BERTopic's 2-D projection of the topics fails on two
 
 
 class TopicsError(Exception):
@@ -223,24 +225,69 @@ def write_tables(model: Any, docs: list[str], topics: list[int], probs: Any, out
     info.to_csv(outdir / "topic_info.csv", index=False)
 
 
-def write_visualisations(model: Any, outdir: Path) -> list[str]:
-    """Topic map and bar chart as self-contained HTML (plotly.js embedded: they open offline)."""
-    n_topics = len([t for t in model.get_topic_freq().Topic if t != -1])
-    written = []
+def _topic_rows(model: Any) -> list[tuple[int, int, str]]:
+    """(topic, documents, top words) of every topic but the outliers, largest first."""
+    freq = model.get_topic_freq()
+    rows = []
+    for topic, count in zip(freq.Topic, freq.Count, strict=True):
+        if topic != -1:
+            words = " | ".join(word for word, _ in (model.get_topic(topic) or [])[:5] if word)
+            rows.append((int(topic), int(count), words))
+    return rows
+
+
+def fallback_topic_map(model: Any, note: str) -> Any:
+    """The topic map drawn without BERTopic's 2-D projection: one bubble per topic (area ~ documents), side by side,
+    with its top words, and ``note`` saying why. Always drawable, for any number of topics (even none)."""
+    import plotly.graph_objects as go
+
+    rows = _topic_rows(model)
+    sizes = [count for _, count, _ in rows]
+    largest = max(sizes, default=1)
+    figure = go.Figure(go.Scatter(
+        x=list(range(len(rows))), y=[0] * len(rows), mode="markers+text",
+        text=[f"Topic {topic}" for topic, _, _ in rows], textposition="top center",
+        customdata=[[topic, count, words] for topic, count, words in rows],
+        hovertemplate="<b>Topic %{customdata[0]}</b><br>%{customdata[1]} documents<br>%{customdata[2]}<extra></extra>",
+        marker={"size": [20 + 60 * (count / largest) ** 0.5 for count in sizes], "color": "#B0BEC5",
+                "line": {"width": 2, "color": "DarkSlateGrey"}},
+    ))
+    figure.update_layout(title={"text": f"<b>Topics ({len(rows)})</b><br><sup>{note}</sup>"}, template="simple_white",
+                         showlegend=False, width=650, height=450)
+    figure.update_xaxes(visible=False, range=[-1, max(len(rows), 1)])
+    figure.update_yaxes(visible=False)
+    return figure
+
+
+def write_visualisations(model: Any, outdir: Path) -> dict[str, str]:
+    """Topic map and bar chart as self-contained HTML (plotly.js embedded: they open offline); both are always written.
+
+    BERTopic's intertopic distance map projects the topics to 2-D with UMAP, which needs at least
+    :data:`MIN_MAP_TOPICS` topics; with fewer (or if the projection fails) ``topic_map.html`` holds
+    :func:`fallback_topic_map`, which says so. Returns ``{file: how it was drawn}`` ("" when drawn as asked).
+    """
+    n_topics = len(_topic_rows(model))
     figures = {
         "topic_map.html": lambda: model.visualize_topics(),
-        "topic_barchart.html": lambda: model.visualize_barchart(top_n_topics=min(n_topics, MAX_BARCHART_TOPICS)),
+        "topic_barchart.html": lambda: model.visualize_barchart(top_n_topics=min(max(n_topics, 1), MAX_BARCHART_TOPICS)),
     }
+    written: dict[str, str] = {}
     for name, make in figures.items():
-        try:
-            with warnings.catch_warnings():  # BERTopic's own seeded UMAP for the topic map warns about n_jobs
-                warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
-                figure = make()
-        except Exception as exc:  # a plot is a by-product: never lose the tables for it
-            logger.warning("could not draw %s (%d topics): %s: %s", name, n_topics, type(exc).__name__, exc)
-            continue
+        how = ""
+        if name == "topic_map.html" and n_topics < MIN_MAP_TOPICS:
+            how = f"{n_topics} topic(s): an intertopic distance map needs at least {MIN_MAP_TOPICS}, so topics are shown by size"
+            figure = fallback_topic_map(model, how)
+        else:
+            try:
+                with warnings.catch_warnings():  # BERTopic's own seeded UMAP for the topic map warns about n_jobs
+                    warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+                    figure = make()
+            except Exception as exc:  # a plot is a by-product: never lose the tables for it
+                how = f"BERTopic could not draw it ({type(exc).__name__}: {exc}); topics are shown by size"
+                logger.warning("%s with %d topics: %s", name, n_topics, how)
+                figure = fallback_topic_map(model, how)
         figure.write_html(outdir / name, include_plotlyjs=True, full_html=True)
-        written.append(name)
+        written[name] = how
     return written
 
 
@@ -298,6 +345,9 @@ def _run(args: argparse.Namespace) -> int:
     for row in info.head(21).itertuples():
         out.write(f"{row.Topic:>5}  {row.Count:>7}  {row.Name}\n")
     files = ["topics.csv", "topic_info.csv", "embeddings.npy", "embedder.json", *written]
+    for name, how in written.items():
+        if how:
+            out.write(f"note: {name}: {how}\n")
     files += ["model/"] if args.save_model else []
     out.write(f"wrote {', '.join(files)} to {args.outdir}\n")
     return 0
