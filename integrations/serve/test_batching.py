@@ -20,6 +20,7 @@ class FakeEmbedder:
     dim = 2
     statistics = "fixed"
     standardize = None
+    supported_dimensions = ()
 
     def __init__(self, gated: bool = False) -> None:
         self.gate = threading.Event()
@@ -36,7 +37,11 @@ class FakeEmbedder:
             raise RuntimeError("poisoned row")
         return rows
 
-    def combine(self, rows):
+    def ensure_statistics(self):
+        return self.statistics
+
+    def combine(self, rows, dimensions=None):
+        assert dimensions is None
         return np.asarray([[row[0], len(row)] for row in rows], dtype=np.float32)
 
 

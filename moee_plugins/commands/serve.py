@@ -14,14 +14,15 @@ import sys
 import threading
 from typing import Any
 
+from ._common import UsageError
 from ._options import add_model_options, embedder_kwargs
 
 API_KEY_ENV = "MOEE_API_KEY"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class ServeError(Exception):
-    """A bad option, reported in one line without a traceback."""
+class ServeError(UsageError):
+    """A bad option, reported in one line without a traceback (exit 2)."""
 
 
 def register(subparsers: Any) -> None:
@@ -69,13 +70,16 @@ def settings_from(args: argparse.Namespace) -> Any:
 
     for name in ("port", "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size"):
         value = getattr(args, name)
+        if value is None:  # not given: the server's own default
+            continue
         if value < 1 or (name == "port" and value > 65535):
             raise ServeError(f"--{name.replace('_', '-')} must be a positive integer{' <= 65535' if name == 'port' else ''}, "
                              f"got {value}")
     budget = args.max_batch_tokens or args.max_tokens_per_batch or 8192
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
-        batch = BatchSettings(max_batch_tokens=budget, max_batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+        batch = BatchSettings(max_batch_tokens=budget, max_batch_size=args.batch_size or BatchSettings.max_batch_size,
+                              max_wait_ms=args.max_wait_ms,
                               max_queue_inputs=args.max_queue_inputs)
         return ServeSettings(model_name=args.served_model_name or args.model, api_key=api_key,
                              max_inputs_per_request=args.max_inputs_per_request,
