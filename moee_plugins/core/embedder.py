@@ -14,7 +14,7 @@ import torch
 
 from .. import __version__
 from ..aliases import ModelAlias
-from .batching import left_pad, plan_batches, position_ids_from_mask, tokenize
+from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
 from .combine import MODES, combine, similarity
 from .loading import (
     QUANTIZATIONS,
@@ -385,7 +385,7 @@ class MoEEmbedder:
     def _forward(self, rows: list[list[int]], capture: RoutingCapture) -> torch.Tensor:
         """One forward pass; pooling happens on the device. Returns [HS | RW] pooled, (rows, H + R) float32,
         still on the device."""
-        input_ids, attention_mask = left_pad(rows, self._pad_id)
+        input_ids, attention_mask = right_pad(rows, self._pad_id)
         input_ids = input_ids.to(self._input_device)
         attention_mask = attention_mask.to(self._input_device)
         capture.start_batch(attention_mask)
