@@ -84,7 +84,7 @@ def test_a_model_whose_routers_are_all_zero_warns_and_stays_batch_invariant(tmp_
     path = build_tiny_moe(tmp_path / "zero-routers", "olmoe", router_std=0.0)
     embedder = MoEEmbedder(str(path), mode="concat", device="cpu")
     with caplog.at_level(logging.WARNING, logger="moee_plugins"):
-        embedder.calibrate(TEXTS + ["Cars need maintenance.", "A quoted word?"])
+        embedder.calibrate([*TEXTS, "Cars need maintenance.", "A quoted word?"])
     assert "every router score is 0" in caplog.text
     assert embedder.statistics.routing.flat.all() and not embedder.statistics.hidden.flat.any()
     parts = embedder.encode_parts(TEXTS, batch_size=4)
