@@ -21,8 +21,8 @@ def _stats(hidden_mean, hidden_std, routing_mean=(0.0, 0.0), routing_std=(1.0, 1
 
 
 def test_a_flat_dimension_standardises_to_zero_not_to_noise_times_1e8():
-    channel = ChannelStatistics(np.array([0.0, 0.0, 2.0, 0.5]), np.array([1.0, 0.8, 0.0, 1e-7]))
-    noisy = np.array([[0.3, -0.2, 2.0 + 3e-7, 0.5 - 2e-7]])
+    channel = ChannelStatistics(np.array([0.0, 0.0, 2.0, 5.0]), np.array([1.0, 0.8, 0.0, 2e-3]))
+    noisy = np.array([[0.3, -0.2, 2.0 + 3e-7, 5.0 - 2e-6]])
     z = channel.apply(noisy)
     assert channel.flat.tolist() == [False, False, True, True]
     assert z[0, 2] == 0.0 and z[0, 3] == 0.0
@@ -31,7 +31,7 @@ def test_a_flat_dimension_standardises_to_zero_not_to_noise_times_1e8():
 
 def test_a_dimension_far_flatter_than_its_channel_is_flat_even_if_not_zero():
     std = np.full(10, 2.0)
-    std[3] = 1e-4  # 20000x below the median spread: its values would be noise x 1e4
+    std[3] = 1e-4  # 20000x below the typical spread: its values would be noise x 1e4
     assert np.flatnonzero(ChannelStatistics(np.zeros(10), std).flat).tolist() == [3]
 
 
