@@ -214,6 +214,7 @@ def load_model(
             raise ModelLoadError(f"could not load {ref.describe()}: the directory has no config.json "
                                  "(is it a saved model?)") from None
         raise not_found_error(ref.path, ref.describe(), exc, maybe_local=ref.alias is None) from None
+    check_decoder(config)
     if quantization is not None:
         kwargs["quantization_config"] = quantization_config(quantization, config, trust_remote_code, dtype)
         kwargs.setdefault("device_map", {"": device.index or 0} if device.type == "cuda" else None)
@@ -221,6 +222,7 @@ def load_model(
     logger.info("loading base model %s (%s)", ref.path, kwargs["dtype"])
     with _quiet_transformers():
         model = AutoModel.from_pretrained(ref.path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+    model = base_model(model)  # a multimodal checkpoint loads whole; only its language model is kept
     if kwargs.get("device_map") is None and quantization is None:
         model = model.to(device)
     return model.eval()
@@ -252,11 +254,37 @@ def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
     return tokenizer
 
 
+def check_decoder(config: Any) -> None:
+    """Refuse encoder-decoder MoE models (switch_transformers, nllb_moe) by kind, before anything runs.
+
+    MoEE reads a causal decoder's last token, which has seen the whole text; an encoder-decoder's
+    decoder sees no text without a target, and its routers drop tokens over an expert capacity that
+    depends on the batch, so neither half gives a batch-independent embedding of the text.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        model_type = getattr(config, "model_type", "?")
+        raise ValueError(
+            f"{getattr(config, '_name_or_path', '') or model_type} is an encoder-decoder MoE model "
+            f"(model_type={model_type!r}); MoEE embeds with decoder-only (causal) MoE language models"
+        )
+
+
 def base_model(model: Any) -> Any:
-    """The transformer body of a ``*ForCausalLM`` (or the model itself): we never run the LM head."""
-    prefix = getattr(model, "base_model_prefix", "")
-    body = getattr(model, prefix, None) if prefix else None
-    return body if body is not None and body is not model else model
+    """The text decoder body we run: never the LM head, and for a multimodal checkpoint (Qwen3-VL-MoE,
+    Llama 4, GLM-4.5V, ...) its language model, so text is embedded without touching the vision tower."""
+    check_decoder(getattr(model, "config", None))
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        language = getattr(model, "language_model", None)
+        if isinstance(language, torch.nn.Module) and language is not model:
+            model = language
+            continue
+        prefix = getattr(model, "base_model_prefix", "")
+        body = getattr(model, prefix, None) if prefix else None
+        if isinstance(body, torch.nn.Module) and body is not model:
+            model = body
+    return model
 
 
 def input_device(model: Any, fallback: torch.device) -> torch.device:
