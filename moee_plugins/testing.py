@@ -76,35 +76,179 @@ def build_tokenizer(directory: str | Path, vocab_size: int = 600) -> Any:
     return fast
 
 
-def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any:
-    """A small config of ``model_type`` (one of :data:`TINY_CONFIGS`)."""
-    import transformers
+# sizes a tiny model gets when its config has the key (applied to every nested sub-config too)
+_SHRINK: dict[str, int] = {
+    "hidden_size": 64, "d_model": 64, "n_embd": 64, "intermediate_size": 64, "ffn_hidden_size": 64,
+    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "moe_shared_expert_intermediate_size": 32,
+    "shared_intermediate_size": 32, "expert_intermediate_size": 32, "intermediate_size_mlp": 64,
+    "num_attention_heads": 4, "n_heads": 4, "num_heads": 4, "num_key_value_heads": 2, "kv_n_heads": 2,
+    "head_dim": 16, "kv_channels": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+    "kv_lora_rank": 16, "q_lora_rank": 16, "qk_head_dim": 16, "index_head_dim": 16, "index_n_heads": 2,
+    "num_experts": 8, "num_local_experts": 8, "n_routed_experts": 8, "moe_num_experts": 8,
+    "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_topk": 2, "moe_k": 2, "top_k": 2, "moe_top_k": 2,
+    "n_shared_experts": 1, "num_shared_experts": 1, "moe_num_shared_experts": 1,
+    "max_position_embeddings": 512, "first_k_dense_replace": 1, "moe_layer_start_index": 1,
+    "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "mamba_d_state": 8, "ssm_state_size": 8, "mamba_num_heads": 4, "mamba_head_dim": 32, "mamba_n_heads": 4,
+    "mamba_d_head": 32, "mamba_dt_rank": 8, "n_groups": 1, "mamba_n_groups": 1, "chunk_size": 16,
+    "attention_chunk_size": 16, "sliding_window": 16, "num_nextn_predict_layers": 0, "moe_latent_size": 32,
+    "linear_head_dim": 16, "linear_num_heads": 4,
+}
+# per-head widths that a config often ties together (rope head = head_dim in MLA, q/k/v heads alike):
+# when two were equal in the full config they stay equal in the tiny one
+_HEAD_DIMS = ("head_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "kv_channels", "linear_key_head_dim",
+              "linear_value_head_dim", "index_head_dim", "linear_head_dim", "mamba_head_dim")
+_GROUP_KEYS = ("n_group", "num_expert_group", "moe_num_groups", "n_expert_groups")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+_TINY_LAYERS = 4
+_VISION = ("vision", "audio", "encoder_config", "talker", "code2wav")
 
-    if model_type not in TINY_CONFIGS:
-        raise ValueError(f"no tiny config for {model_type!r}; known: {sorted(TINY_CONFIGS)}")
-    class_name, specific = TINY_CONFIGS[model_type]
-    kwargs = {**_COMMON, "vocab_size": vocab_size, **specific, **overrides}
-    if model_type == "dbrx":
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
-            kwargs.pop(key, None)
-    return getattr(transformers, class_name)(**kwargs)
+
+def _shrink_layer_list(values: list[Any], n: int) -> list[Any]:
+    """A per-layer list cut to ``n`` layers that keeps every kind of layer the original has."""
+    kept = list(values[:n])
+    missing = [v for v in dict.fromkeys(values) if v not in kept]
+    for i, value in enumerate(missing[: n - 1]):
+        kept[n - 1 - i] = value
+    return kept
+
+
+def shrink_config_dict(data: dict[str, Any], layers: int = _TINY_LAYERS) -> dict[str, Any]:
+    """Sizes of a (default, full-size) config dict cut to a tiny model of the same kind.
+
+    Widths, heads, experts and state sizes take the small values of ``_SHRINK`` where present; per-layer
+    lists are cut to ``layers`` entries keeping every layer kind (hybrid attention/recurrent stacks stay
+    hybrid); layer-index lists keep the indices that still exist. Nested sub-configs shrink the same way
+    (vision towers to one layer).
+    """
+    out = dict(data)
+    old_layers = next((int(data[k]) for k in _LAYER_COUNT_KEYS if isinstance(data.get(k), int)), None)
+    for key, value in data.items():
+        if isinstance(value, dict) and ("model_type" in value or key.endswith("config")):
+            is_side = any(word in key for word in _VISION)
+            out[key] = shrink_config_dict(value, layers=1 if is_side else layers)
+        elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = min(value, _SHRINK[key]) if value > 0 else value
+        elif key in _LAYER_COUNT_KEYS and isinstance(value, int):
+            out[key] = min(value, layers)
+        elif key == "depth" and isinstance(value, int):
+            out[key] = 1
+    new_layers = next((int(out[k]) for k in _LAYER_COUNT_KEYS if isinstance(out.get(k), int)), None)
+    if old_layers and new_layers:
+        for key, value in data.items():
+            if isinstance(value, list) and len(value) == old_layers and key not in ("time_step_limit",):
+                out[key] = _shrink_layer_list(value, new_layers)
+            elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value) \
+                    and key.endswith(("_layers", "layers_idx", "layer_ids")):
+                out[key] = [v for v in value if v < new_layers]
+    _keep_ties(data, out)
+    heads, kv = out.get("num_attention_heads"), out.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and (kv > heads or heads % max(kv, 1)):
+        out["num_key_value_heads"] = heads
+    for key in _GROUP_KEYS:  # expert groups: 2 groups of 4 of the 8 experts, one group picked
+        if isinstance(out.get(key), int) and out[key] > 1:
+            out[key] = 2
+            if isinstance(out.get("topk_group"), int):
+                out["topk_group"] = 1
+    return out
+
+
+def _keep_ties(data: dict[str, Any], out: dict[str, Any]) -> None:
+    """Head widths equal in the full config stay equal; ``qk_head_dim`` stays nope + rope."""
+    present = [k for k in _HEAD_DIMS if isinstance(data.get(k), int) and not isinstance(data.get(k), bool)]
+    for key in present:
+        tied = [k for k in present if data[k] == data[key]]
+        smallest = min(out[k] for k in tied)
+        for k in tied:
+            out[k] = smallest
+    for heads, kv in (("num_attention_heads", "num_key_value_heads"), ("n_heads", "kv_n_heads")):
+        if isinstance(data.get(heads), int) and data.get(kv) == data[heads]:  # multi-head, not grouped, attention
+            out[kv] = out[heads]
+    parts = ("qk_nope_head_dim", "qk_rope_head_dim")
+    if isinstance(data.get("qk_head_dim"), int) and all(isinstance(data.get(k), int) for k in parts) \
+            and data["qk_head_dim"] == sum(data[k] for k in parts):
+        out["qk_head_dim"] = sum(out[k] for k in parts)
+
+
+def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any:
+    """A small config of ``model_type``: a hand-written one from :data:`TINY_CONFIGS`, or the type's default
+    config shrunk by :func:`shrink_config_dict` (any model type the installed transformers knows)."""
+    import transformers
+    from transformers import AutoConfig
+
+    if model_type in TINY_CONFIGS:
+        class_name, specific = TINY_CONFIGS[model_type]
+        kwargs = {**_COMMON, "vocab_size": vocab_size, **specific, **overrides}
+        if model_type == "dbrx":
+            for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                        "intermediate_size"):
+                kwargs.pop(key, None)
+        return getattr(transformers, class_name)(**kwargs)
+    default = AutoConfig.for_model(model_type).to_dict()
+    data = shrink_config_dict(default)
+    data.update(TINY_OVERRIDES.get(model_type, {}))
+    _set_text_sizes(data, vocab_size)
+    data.update(overrides)
+    data.pop("transformers_version", None)
+    config_class = type(AutoConfig.for_model(model_type))
+    return config_class.from_dict(data)
+
+
+def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
+    """Vocabulary and special tokens of the offline tokenizer, in the config and its text sub-config."""
+    targets = [data] + [v for k, v in data.items() if isinstance(v, dict) and "text" in k]
+    for target in targets:
+        if "vocab_size" in target or target is not data:
+            target["vocab_size"] = vocab_size
+        for key, value in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 1)):
+            if key in target:
+                target[key] = value
+    placeholders = [k for k, v in data.items() if k.endswith("_token_id") and isinstance(v, int) and v >= vocab_size]
+    for i, key in enumerate(placeholders):  # image/video placeholder ids must exist in the tiny vocabulary
+        data[key] = vocab_size - 1 - i
+    data["tie_word_embeddings"] = False
+
+
+# per-type corrections where the generic shrink is not a valid config
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    # attention before the MoE layers: a freshly initialised Mamba mixer passes almost nothing along the
+    # sequence, so an all-Mamba tiny model routes every text alike and its invariance would prove nothing
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 0, "expert_layer_period": 2, "expert_layer_offset": 1},
+    "nemotron_h": {"layers_block_type": ["full_attention", "moe", "linear_attention", "moe"]},
+}
+
+
+def checkpoint_class(model_type: str) -> Any:
+    """The Auto class a hub checkpoint of this type is saved with: causal LM, else image-text-to-text
+    (multimodal), else sequence-to-sequence, else the bare model."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    for mapping, auto in (("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
+                          ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "AutoModelForImageTextToText"),
+                          ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
+                          ("MODEL_MAPPING_NAMES", "AutoModel")):
+        if model_type in getattr(modeling_auto, mapping, {}):
+            return getattr(transformers, auto)
+    raise ValueError(f"transformers maps no model class to model_type {model_type!r}")
 
 
 def build_tiny_moe(directory: str | Path, model_type: str = "olmoe", *, seed: int = 0, router_std: float = 0.5,
                    with_lm_head: bool = True, **overrides: Any) -> Path:
-    """Save a tiny random ``model_type`` checkpoint (as a CausalLM, like hub checkpoints) and a tokenizer.
+    """Save a tiny random ``model_type`` checkpoint (with its head, as hub checkpoints: a CausalLM, or the
+    whole multimodal model) and a tokenizer.
 
     Router weights get a larger std so routing is far from uniform, as in a trained model.
     """
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory)
     config = tiny_config(model_type, vocab_size=len(tokenizer), **overrides)
     torch.manual_seed(seed)
-    model = (AutoModelForCausalLM if with_lm_head else AutoModel).from_config(config)
+    model = (checkpoint_class(config.model_type) if with_lm_head else AutoModel).from_config(config)
     from .core.routers import find_router_sites
 
     with torch.no_grad():
@@ -137,3 +281,174 @@ def hostile_model_dir(source: str | Path, target: str | Path, marker: str | Path
         "class HostileModel(OlmoeModel):\n    config_class = HostileConfig\n"
     )
     return target
+
+
+# ---------------------------------------------------------------------------- conformance matrix
+_SIDE_SUFFIXES = ("_vision", "_vision_model", "_vision_encoder", "_audio", "_audio_encoder", "_encoder",
+                  "_sam_vision_model", "_talker_code_predictor", "_talker_text", "_thinker", "_mm_model")
+
+
+def router_model_types() -> dict[str, str]:
+    """Every ``model_type`` of the installed transformers whose modelling code records router logits,
+    mapped to its modelling module (found by reading ``_can_record_outputs`` in the source: no import)."""
+    import re
+
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES, model_type_to_module_name
+
+    root = Path(transformers.__file__).parent / "models"
+    folders: set[str] = set()
+    for path in root.glob("*/modeling_*.py"):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"_can_record_outputs\s*=\s*\{(.*?)\n\s*\}", text, re.S):
+            if "router_logits" in match.group(1):
+                folders.add(path.parent.name)
+    return {t: model_type_to_module_name(t) for t in sorted(CONFIG_MAPPING_NAMES)
+            if model_type_to_module_name(t) in folders}
+
+
+def side_model_reason(model_type: str) -> str | None:
+    """Why a model type is not a text checkpoint of its own (a vision/audio tower or sub-model config), or None."""
+    for suffix in _SIDE_SUFFIXES:
+        if model_type.endswith(suffix):
+            return f"sub-model config ({suffix.strip('_').replace('_', ' ')}) of a multimodal checkpoint, not a text model"
+    return None
+
+
+CONFORMANCE_TEXTS = (
+    "moon",
+    "The hockey team won the final game of the season after a long playoff run.",
+    "GPUs and printers",
+    "Encryption keys protect private messages from everyone who might try to read them.",
+    "Doctors study disease!",
+)
+CONFORMANCE_TOLERANCE = 1e-4
+
+
+def conformance_check(model_type: str, directory: str | Path) -> dict[str, Any]:
+    """Build a tiny ``model_type``, load it by path through :class:`MoEEmbedder` and check it as users use it.
+
+    Returns a row of the conformance matrix: ``status`` is ``supported`` (finite vectors, routing dim > 0,
+    every mode batch-invariant within 1e-4), ``unsupported`` (a clear refusal, with ``reason``), ``not built``
+    (the tiny config cannot be instantiated) or ``failed``.
+    """
+    import numpy as np
+    import torch
+
+    from .core.embedder import MoEEmbedder
+
+    row: dict[str, Any] = {"model_type": model_type}
+    side = side_model_reason(model_type)
+    if side:
+        return {**row, "status": "unsupported", "stage": "classify", "reason": side}
+    try:
+        checkpoint_class(model_type)
+    except ValueError:
+        return {**row, "status": "unsupported", "stage": "classify",
+                "reason": "sub-model config: transformers maps no model class to it (not a checkpoint of its own)"}
+    try:
+        path = build_tiny_moe(Path(directory) / model_type, model_type)
+    except Exception as exc:
+        return {**row, "status": "not built", "stage": "build", "reason": _reason(exc)}
+    torch.manual_seed(0)
+    try:
+        embedder = MoEEmbedder(str(path), device="cpu", batch_size=len(CONFORMANCE_TEXTS))
+    except ValueError as exc:  # a deliberate refusal (encoder-decoder, no router): the message is the reason
+        return {**row, "status": "unsupported", "stage": "load", "reason": _reason(exc)}
+    except Exception as exc:
+        return {**row, "status": "failed", "stage": "load", "reason": _reason(exc)}
+    row.update(
+        model_class=type(embedder.model).__name__,
+        moe_layers=embedder.moe_layers,
+        routers=sorted({site.name.split(".")[-1] for site in embedder.sites}),
+        experts=sorted({site.num_experts for site in embedder.sites}),
+        scoring=sorted({site.scoring for site in embedder.sites}),
+        routing_dim=embedder.routing_dim,
+    )
+    try:
+        embedder.calibrate(list(calibration_sentences()[:48]))
+        batched = embedder.encode_parts(list(CONFORMANCE_TEXTS))
+        alone = [embedder.encode_parts([text]) for text in CONFORMANCE_TEXTS]
+    except Exception as exc:
+        return {**row, "status": "failed", "stage": "forward", "reason": _reason(exc)}
+    differences: dict[str, float] = {}
+    for mode in ("hs", "rw", "concat", "sum"):
+        together = embedder.combine(batched, mode)
+        single = np.concatenate([embedder.combine(parts, mode) for parts in alone])
+        if not (np.isfinite(together).all() and np.isfinite(single).all()):
+            return {**row, "status": "failed", "stage": "check", "reason": f"non-finite {mode} vectors"}
+        differences[mode] = float(np.abs(together - single).max())
+    row["max_batch_difference"] = differences
+    statistics = embedder.statistics
+    row["informative_routing_dims"] = int((~statistics.routing.flat).sum())
+    row["informative_hidden_dims"] = int((~statistics.hidden.flat).sum())
+    problems = [f"{mode} differs by {d:.2g} with the batch" for mode, d in differences.items() if d > CONFORMANCE_TOLERANCE]
+    if embedder.routing_dim <= 0:
+        problems.append("routing dimension is 0")
+    elif row["informative_routing_dims"] == 0:  # invariance of constant vectors would prove nothing
+        problems.append("router scores do not vary across texts in the tiny model (untestable as built)")
+    if problems:
+        return {**row, "status": "failed", "stage": "check", "reason": "; ".join(problems)}
+    return {**row, "status": "supported"}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def render_matrix(result: dict[str, Any]) -> str:
+    """docs/architectures.md from a matrix result (the JSON ``scripts/architectures.py`` writes)."""
+    rows = result["rows"]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    built = sum(1 for row in rows if row["status"] in ("supported", "failed") or row.get("stage") == "load")
+    lines = [
+        "# Supported architectures",
+        "",
+        "<!-- generated by scripts/architectures.py from docs/architectures.json: do not edit by hand -->",
+        "",
+        f"Every `model_type` of transformers {result['transformers']} whose modelling code records router logits,",
+        "built as a tiny random checkpoint from its config class, saved, loaded by path through `MoEEmbedder`",
+        "and checked: finite vectors, routing dimension > 0, and all four modes batch-invariant within 1e-4",
+        "(each text alone vs. inside a mixed-length batch). Regenerate with `python scripts/architectures.py`.",
+        "",
+        f"**{len(rows)} types found, {built} built, {counts.get('supported', 0)} passing, "
+        f"{counts.get('unsupported', 0)} unsupported (reason given), {counts.get('not built', 0)} not built, "
+        f"{counts.get('failed', 0)} failing.**",
+        "",
+        "| `model_type` | status | model run for text | MoE layers | routers read | scoring | reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        layers = row.get("moe_layers")
+        lines.append("| `{}` | {} | {} | {} | {} | {} | {} |".format(
+            row["model_type"], row["status"], f"`{row['model_class']}`" if row.get("model_class") else "",
+            ", ".join(map(str, layers)) if layers else "",
+            ", ".join(f"`{r}`" for r in row.get("routers", [])), ", ".join(row.get("scoring", [])),
+            row.get("reason", "").replace("|", "\\|").replace("\n", " "),
+        ))
+    from .aliases import list_aliases
+
+    lines += ["", "## Aliases", "", "| alias | checkpoint | |", "|---|---|---|"]
+    lines += [f"| `moee:{a.name}` | {a.model_id} | {a.description} |" for a in list_aliases()]
+    lines += ["", _MATRIX_NOTES]
+    return "\n".join(lines) + "\n"
+
+
+_MATRIX_NOTES = """## Notes
+
+- **Padding.** Inputs are padded on the right and the last real token is gathered by index, so in a causal
+  decoder no real token ever sees a pad, whatever its attention, recurrence or sliding window does with
+  masks. No architecture here needs left padding.
+- **Multimodal checkpoints** (e.g. `qwen3_vl_moe`, `llama4`, `glm4v_moe`) load whole by path; text is embedded
+  through their language model, the vision tower never runs.
+- **Encoder-decoder MoE** (`switch_transformers`, `nllb-moe`) is refused with a `ValueError` naming the model kind:
+  MoEE reads a causal decoder's last token, and their routers drop tokens over a batch-dependent capacity.
+- **Sub-model configs** (a multimodal checkpoint's vision or audio tower) are listed, not skipped: they are not
+  text models of their own.
+- **Scoring**: `softmax` or `sigmoid`, what `routing="probs"` applies; `routing="logits"` reads raw scores.
+- **DeepSeekMoE-16B** (`moee:deepseek-moe`, remote code) needs `trust_remote_code=True`; its `MoEGate` returns no
+  logits, so the router input is captured and the logits recomputed from the gate's weight.
+"""

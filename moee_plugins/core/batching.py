@@ -93,11 +93,9 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: 
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), left-padded so position -1 is every row's last real token.
-
-    Filled in numpy: converting Python lists is ~10x faster there than with ``torch.as_tensor``, and
-    this runs once per batch on the critical path (a GPU waits for it).
-    """
+    """(input_ids, attention_mask), left-padded: the paper code's layout. Never fed to the model here (the
+    forward pass uses :func:`right_pad`); kept for feature tensors that are unpadded again by their mask
+    (sentence-transformers) and for benchmarks that replay the reference."""
     width = max(len(row) for row in rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -108,6 +106,29 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), padded on the right: every text starts at position 0.
+
+    Right padding, not left: in a causal decoder a real token never attends to a later position, so pads
+    after the text cannot reach it whatever an attention kernel, a recurrence (Mamba, gated delta net,
+    linear attention), a sliding window or chunked attention does with the mask. Left padding relies on
+    every such path honouring the mask for pads *before* the text, and some do not (deepseek_v4's hidden
+    state moved by 0.69 with left padding). The last real token is then gathered by index
+    (:func:`moee_plugins.core.pooling.last_token_pool`).
+
+    Filled in numpy: converting Python lists is ~10x faster there than with ``torch.as_tensor``, and
+    this runs once per batch on the critical path (a GPU waits for it).
+    """
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+    return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token, so padding never shifts a text's positions."""
+    """Positions counted from each row's first real token (0, 1, ...), whichever side the padding is on."""
     return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)

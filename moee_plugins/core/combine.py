@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .standardize import Statistics
 
@@ -13,6 +14,42 @@ _BLOCK_ROWS = 8192  # rows combined at a time: bounds the float64 working copies
 def _unit_rows(values: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(values, axis=1, keepdims=True)
     return values / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+def _unit_tensor_rows(values: torch.Tensor) -> torch.Tensor:
+    return values / values.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+
+
+Standardizer = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""(hidden mean, hidden scale, routing mean, routing scale) as float64 tensors: z = (x - mean) * scale."""
+
+
+def standardizer(statistics: Statistics, device: torch.device | str = "cpu") -> Standardizer:
+    """The statistics as tensors on ``device`` (flat dimensions have scale 0, see :mod:`.standardize`)."""
+    return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)  # type: ignore[return-value]
+                 for a in (statistics.hidden.mean, statistics.hidden.scale, statistics.routing.mean,
+                           statistics.routing.scale))
+
+
+def combine_tensors(hidden: torch.Tensor, routing: torch.Tensor, mode: str, *, alpha: float = 1.0,
+                    standardize: Standardizer | None = None, normalize: bool = True) -> torch.Tensor:
+    """:func:`combine` on tensors (any device), float64 in and out: the one implementation of every mode,
+    used by the numpy path and by adapters that keep their vectors on the device."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    hidden, routing = hidden.double(), routing.double()
+    if mode == "hs":
+        return _unit_tensor_rows(hidden) if normalize else hidden
+    mean_h, scale_h, mean_r, scale_r = standardize if standardize is not None else (0.0, 1.0, 0.0, 1.0)
+    z_routing = (routing - mean_r) * scale_r
+    if mode == "rw":
+        return _unit_tensor_rows(z_routing) if normalize else z_routing
+    z_hidden = (hidden - mean_h) * scale_h
+    if mode == "concat":
+        out = torch.cat([z_hidden, z_routing], dim=1)
+        return _unit_tensor_rows(out) if normalize else out
+    scale = 1.0 / (1.0 + alpha) ** 0.5
+    return torch.cat([scale * _unit_tensor_rows(z_hidden), (alpha**0.5 * scale) * _unit_tensor_rows(z_routing)], dim=1)
 
 
 def combine(
@@ -44,27 +81,13 @@ def combine(
     hidden, routing = np.asarray(hidden), np.asarray(routing)
     width = {"hs": hidden.shape[1], "rw": routing.shape[1]}.get(mode, hidden.shape[1] + routing.shape[1])
     out = np.empty((len(hidden), width), dtype=np.float32)
+    standardize = standardizer(statistics) if statistics is not None else None
     for start in range(0, len(hidden), _BLOCK_ROWS):
         block = slice(start, start + _BLOCK_ROWS)
-        out[block] = _combine_block(hidden[block], routing[block], mode, alpha, statistics, normalize)
+        out[block] = combine_tensors(torch.from_numpy(np.ascontiguousarray(hidden[block])),
+                                     torch.from_numpy(np.ascontiguousarray(routing[block])), mode, alpha=alpha,
+                                     standardize=standardize, normalize=normalize).numpy()
     return out
-
-
-def _combine_block(hidden: np.ndarray, routing: np.ndarray, mode: str, alpha: float,
-                   statistics: Statistics | None, normalize: bool) -> np.ndarray:
-    hidden = np.asarray(hidden, dtype=np.float64)
-    if mode == "hs":
-        return _unit_rows(hidden) if normalize else hidden
-    routing = np.asarray(routing, dtype=np.float64)
-    z_routing = statistics.routing.apply(routing) if statistics is not None else routing
-    if mode == "rw":
-        return _unit_rows(z_routing) if normalize else z_routing
-    z_hidden = statistics.hidden.apply(hidden) if statistics is not None else hidden
-    if mode == "concat":
-        out = np.concatenate([z_hidden, z_routing], axis=1)
-        return _unit_rows(out) if normalize else out
-    scale = 1.0 / np.sqrt(1.0 + alpha)
-    return np.concatenate([scale * _unit_rows(z_hidden), (np.sqrt(alpha) * scale) * _unit_rows(z_routing)], axis=1)
 
 
 def similarity(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:

@@ -19,8 +19,8 @@ import torch
 from .. import __version__
 from ..aliases import ModelAlias
 from . import options as opts
-from .batching import left_pad, plan_batches, position_ids_from_mask, tokenize
-from .combine import MODES, combine, similarity
+from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
+from .combine import MODES, Standardizer, combine, combine_tensors, similarity, standardizer
 from .loading import (
     base_model,
     input_device,
@@ -43,7 +43,7 @@ from .pooling import pool
 from .prompts import PromptTemplate, instruction_template, resolve_prompt
 from .reduction import Reduction, check_dimensions
 from .routers import RoutingCapture, find_router_sites, select_sites
-from .standardize import EPSILON, Statistics, calibration_sentences
+from .standardize import Statistics, calibration_sentences
 
 logger = logging.getLogger("moee_plugins")
 
@@ -242,7 +242,7 @@ class MoEEmbedder:
         self._row_cap: int | None = None  # lowered for the rest of the run after an out-of-memory split
         self._lock = threading.RLock()
         self._calibrated_once = False
-        self._device_statistics: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._device_statistics: dict[str, tuple[Statistics, Standardizer]] = {}
 
     def _layout(self) -> list[RouterBlock]:
         blocks, start = [], 0
@@ -291,7 +291,7 @@ class MoEEmbedder:
 
     def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` padded the way :meth:`encode_features` expects them."""
-        return left_pad([list(row) for row in token_ids], self._pad_id)
+        return right_pad([list(row) for row in token_ids], self._pad_id)
 
     # ------------------------------------------------------------------ encoding
     def encode_parts(
@@ -466,41 +466,23 @@ class MoEEmbedder:
         mode = self._mode(mode)
         alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
         statistics = self._statistics_for(mode)
-        values = pooled.double()
-        hidden, routing = values[:, : self.hidden_dim], values[:, self.hidden_dim :]
-        if statistics is not None:
-            mean_h, std_h, mean_r, std_r = self._statistics_on(values.device)
-            z_hidden, z_routing = (hidden - mean_h) / (std_h + EPSILON), (routing - mean_r) / (std_r + EPSILON)
-        else:
-            z_hidden, z_routing = hidden, routing
-        unit = _torch_unit_rows
-        if mode == "hs":
-            out = hidden
-        elif mode == "rw":
-            out = z_routing
-        elif mode == "concat":
-            out = torch.cat([z_hidden, z_routing], dim=1)
-        else:
-            out = torch.cat([unit(z_hidden), alpha**0.5 * unit(z_routing)], dim=1) / (1.0 + alpha) ** 0.5
-        if mode != "sum" and self.normalize:
-            out = unit(out)
-        out = out.float()
+        out = combine_tensors(pooled[:, : self.hidden_dim], pooled[:, self.hidden_dim :], mode, alpha=alpha,
+                              standardize=None if statistics is None else self._standardizer_on(pooled.device),
+                              normalize=self.normalize).float()
         finite = torch.isfinite(out).all(dim=1)
         if not bool(finite.all()):
             self._check_vectors(finite.cpu().numpy())
         return out
 
-    def _statistics_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def _standardizer_on(self, device: torch.device) -> Standardizer:
+        """The statistics as tensors on ``device``, cached until the statistics change."""
         key = str(device)
         cached = self._device_statistics.get(key)
-        if cached is None or cached[-1] is not self.statistics:
-            s = self.statistics
-            assert s is not None
-            tensors = tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
-                            for a in (s.hidden.mean, s.hidden.std, s.routing.mean, s.routing.std))
-            cached = (*tensors, s)
+        if cached is None or cached[0] is not self.statistics:
+            assert self.statistics is not None
+            cached = (self.statistics, standardizer(self.statistics, device))
             self._device_statistics[key] = cached
-        return cached[:4]
+        return cached[1]
 
     # ------------------------------------------------------------------ standardisation
     def needs_statistics(self, mode: str | None = None) -> bool:
@@ -665,7 +647,7 @@ class MoEEmbedder:
     def _forward(self, rows: list[list[int]], capture: RoutingCapture) -> torch.Tensor:
         """One forward pass; pooling happens on the device. Returns [HS | RW] pooled, (rows, H + R) float32,
         still on the device."""
-        input_ids, attention_mask = left_pad(rows, self._pad_id)
+        input_ids, attention_mask = right_pad(rows, self._pad_id)
         return self._forward_padded(input_ids, attention_mask, capture)
 
     def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -880,7 +862,3 @@ class MoEEmbedder:
         return (f"MoEEmbedder(model={self._model_ref!r}, mode={self.mode!r}, prompt={self.prompt.name!r}, "
                 f"pooling={self.pooling!r}, routing={self.routing!r}, dim={self.dim}, "
                 f"moe_layers={len(self.moe_layers)}, device={str(self.device)!r})")
-
-
-def _torch_unit_rows(values: torch.Tensor) -> torch.Tensor:
-    return values / values.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

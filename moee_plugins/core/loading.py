@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 
 from .._extras import require
-from ..aliases import PREFIX, ModelAlias, get_alias, strip_prefix
+from ..aliases import PREFIX, ModelAlias, get_alias, list_aliases, strip_prefix
 from .routers import find_router_sites
 
 logger = logging.getLogger(__name__)
@@ -19,6 +21,10 @@ logger = logging.getLogger(__name__)
 QUANTIZATIONS = ("4bit", "8bit")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelLoadError(OSError):
+    """A model or tokenizer could not be loaded; the message says what was tried and why it failed."""
 
 
 @dataclass(frozen=True)
@@ -29,16 +35,84 @@ class ModelReference:
     path: str
     alias: ModelAlias | None
 
+    def describe(self) -> str:
+        """``moee:olmoe (alias for hub id allenai/OLMoE-1B-7B-0924)``, ``local directory /x``, ``hub id a/b``."""
+        local = os.path.isdir(self.path) or looks_like_local_path(self.path)
+        what = f"local directory {self.path}" if local else f"hub id {self.path}"
+        if self.alias is not None:
+            return f"{self.original} (alias for {what})"
+        return what if self.original.strip() == self.path else f"{self.original} ({what})"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def looks_like_local_path(path: str) -> bool:
+    """A string that cannot be a hub id (``/abs``, ``./rel``, ``~``, ``a/b/c``, Windows paths) must be a directory."""
+    return (path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1 or not _HUB_ID.match(path)
+            or os.path.isabs(path))
+
+
+def _unknown_alias_error(name: str) -> ValueError:
+    known = [alias.name for alias in list_aliases()]
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.5)
+    hint = f" Did you mean {PREFIX}{close[0]}?" if close else ""
+    return ValueError(
+        f"unknown alias {PREFIX}{name}.{hint} Known aliases: {', '.join(PREFIX + k for k in known)}. "
+        f"For a hub id or a local directory, pass it without the {PREFIX!r} prefix (or as {PREFIX}<namespace>/<name>)."
+    )
+
 
 def resolve_reference(ref: str) -> ModelReference:
-    """``moee:<alias>`` -> the alias's checkpoint; ``moee:<hub id or dir>`` and plain strings -> themselves."""
+    """``moee:<alias>`` -> the alias's checkpoint; ``moee:<hub id or dir>`` and plain strings -> themselves.
+
+    ``moee:<name>`` that is neither a registered alias, an existing directory nor a ``namespace/name``
+    hub id is a mistyped alias: refused with the known aliases and the closest one.
+    """
     if not isinstance(ref, str) or not ref.strip():
         raise TypeError(f"model must be 'moee:<alias>', a hub id, a local directory or a PreTrainedModel, got {ref!r}")
     name = strip_prefix(ref.strip())
-    alias = get_alias(name) if ref.strip().startswith(PREFIX) and not os.path.isdir(name) else None
-    if ref.strip().startswith(PREFIX) and alias is None and not name:
+    prefixed = ref.strip().startswith(PREFIX)
+    if prefixed and not name:
         raise ValueError(f"{ref!r} names no model after {PREFIX!r}")
+    alias = get_alias(name) if prefixed and not os.path.isdir(name) else None
+    if prefixed and alias is None and not os.path.isdir(name) and "/" not in name and "\\" not in name:
+        raise _unknown_alias_error(name)
     return ModelReference(ref, alias.model_id if alias else name, alias)
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def not_found_error(path: str, what: str, exc: BaseException | None = None, *, maybe_local: bool = True) -> OSError:
+    """Why ``path`` could not be read: a missing directory, an unreachable Hub, or what the Hub said.
+    ``maybe_local``: the user may have meant a local directory (not so for an alias's hub id)."""
+    if os.path.isdir(path):
+        return ModelLoadError(f"could not load {what}: {_first_line(exc) if exc else 'unreadable directory'}")
+    if looks_like_local_path(path):
+        return FileNotFoundError(f"could not load {what}: the directory {path} does not exist "
+                                 f"(absolute: {os.path.abspath(os.path.expanduser(path))})")
+    local = f"; it is not a local directory either ({os.path.abspath(path)} does not exist)" if maybe_local else ""
+    if _offline():
+        return ModelLoadError(f"could not load {what}: the Hugging Face Hub is unreachable (offline mode: "
+                              f"HF_HUB_OFFLINE=1) and it is not in the local cache{local}")
+    said = _first_line(exc) if exc else "not found"
+    if "connect" in said.lower() or "connection" in said.lower():
+        return ModelLoadError(f"could not load {what}: the Hugging Face Hub is unreachable and it is not in the "
+                              f"local cache{local}")
+    return ModelLoadError(f"could not load {what}: the Hub has no such model or it needs a login "
+                          f"(Hugging Face said: {said}){local}")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -121,12 +195,26 @@ def load_model(
     if ref.alias is not None and ref.alias.requires_remote_code and not trust_remote_code:
         raise _remote_code_error(ref)
     kwargs = dict(model_kwargs)
+    if not os.path.isdir(ref.path) and looks_like_local_path(ref.path):
+        raise not_found_error(ref.path, ref.describe())
     try:
         config = AutoConfig.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc) and not trust_remote_code:
-            raise _remote_code_error(ref) from exc
+            raise _remote_code_error(ref) from None
+        if os.path.isdir(ref.path) and not os.path.exists(os.path.join(ref.path, "config.json")):
+            raise ModelLoadError(f"could not load {ref.describe()}: the directory has no config.json "
+                                 "(is it a saved model?)") from None
+        if os.path.isdir(ref.path):
+            raise ModelLoadError(f"could not load {ref.describe()}: its config.json is not a transformers model "
+                                 f"config ({_first_line(exc)})") from None
         raise
+    except OSError as exc:
+        if os.path.isdir(ref.path) and not os.path.exists(os.path.join(ref.path, "config.json")):
+            raise ModelLoadError(f"could not load {ref.describe()}: the directory has no config.json "
+                                 "(is it a saved model?)") from None
+        raise not_found_error(ref.path, ref.describe(), exc, maybe_local=ref.alias is None) from None
+    check_decoder(config)
     if quantization is not None:
         kwargs["quantization_config"] = quantization_config(quantization, config, trust_remote_code, dtype)
         kwargs.setdefault("device_map", {"": device.index or 0} if device.type == "cuda" else None)
@@ -134,22 +222,69 @@ def load_model(
     logger.info("loading base model %s (%s)", ref.path, kwargs["dtype"])
     with _quiet_transformers():
         model = AutoModel.from_pretrained(ref.path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+    model = base_model(model)  # a multimodal checkpoint loads whole; only its language model is kept
     if kwargs.get("device_map") is None and quantization is None:
         model = model.to(device)
     return model.eval()
 
 
+# files of which a saved tokenizer has at least one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "merges.txt", "tekken.json")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
+    """The tokenizer saved at ``path``; a directory without one is refused, never replaced by an empty one
+    (transformers 5 otherwise builds a tokenizer with no vocabulary from config.json alone)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    what = f"the tokenizer of {path}"
+    if os.path.isdir(path):
+        if not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
+            raise ModelLoadError(f"the model directory {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                                 "save one there (tokenizer.save_pretrained) or pass tokenizer=...")
+    elif looks_like_local_path(path):
+        raise not_found_error(path, what)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise not_found_error(path, what, exc) from None
+    if len(tokenizer) < 3:
+        raise ModelLoadError(f"{what} has an empty vocabulary ({len(tokenizer)} tokens): pass tokenizer=...")
+    return tokenizer
+
+
+def check_decoder(config: Any) -> None:
+    """Refuse encoder-decoder MoE models (switch_transformers, nllb_moe) by kind, before anything runs.
+
+    MoEE reads a causal decoder's last token, which has seen the whole text; an encoder-decoder's
+    decoder sees no text without a target, and its routers drop tokens over an expert capacity that
+    depends on the batch, so neither half gives a batch-independent embedding of the text.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        model_type = getattr(config, "model_type", "?")
+        raise ValueError(
+            f"{getattr(config, '_name_or_path', '') or model_type} is an encoder-decoder MoE model "
+            f"(model_type={model_type!r}); MoEE embeds with decoder-only (causal) MoE language models"
+        )
 
 
 def base_model(model: Any) -> Any:
-    """The transformer body of a ``*ForCausalLM`` (or the model itself): we never run the LM head."""
-    prefix = getattr(model, "base_model_prefix", "")
-    body = getattr(model, prefix, None) if prefix else None
-    return body if body is not None and body is not model else model
+    """The text decoder body we run: never the LM head, and for a multimodal checkpoint (Qwen3-VL-MoE,
+    Llama 4, GLM-4.5V, ...) its language model, so text is embedded without touching the vision tower."""
+    check_decoder(getattr(model, "config", None))
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        language = getattr(model, "language_model", None)
+        if isinstance(language, torch.nn.Module) and language is not model:
+            model = language
+            continue
+        prefix = getattr(model, "base_model_prefix", "")
+        body = getattr(model, prefix, None) if prefix else None
+        if isinstance(body, torch.nn.Module) and body is not model:
+            model = body
+    return model
 
 
 def input_device(model: Any, fallback: torch.device) -> torch.device:

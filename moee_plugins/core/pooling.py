@@ -1,4 +1,4 @@
-"""Pooling over the sequence dimension. Inputs are left-padded, so the last position is the last real token."""
+"""Pooling over the sequence dimension, reading real tokens by the attention mask (inputs are right-padded)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import torch
 POOLINGS = ("last", "mean")
 
 
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token (the last 1 in its mask), for right- or left-padded rows alike."""
+    mask = attention_mask.to(torch.bool)
+    width = mask.shape[-1]
+    return (width - 1 - mask.flip(-1).to(torch.int8).argmax(dim=-1)).clamp(min=0)
+
+
 def last_token_pool(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``values[:, -1]``: with left padding the final position is every row's last real token."""
-    del attention_mask  # left padding makes the mask unnecessary here; kept for a uniform signature
-    return values[:, -1]
+    """``values`` at each row's last real token, gathered by index: (batch, seq, dim) -> (batch, dim)."""
+    index = last_token_index(attention_mask).to(values.device)
+    return values[torch.arange(values.shape[0], device=values.device), index]
 
 
 def mean_pool(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
