@@ -41,6 +41,23 @@ def test_openai_client_full_dimensions_accepted_others_refused(server, tiny_embe
         client.embeddings.create(model=MODEL_NAME, input=TEXTS[:2], dimensions=7 if 7 not in reduced else 10**6)
 
 
+def test_openai_client_gets_compact_vectors_of_a_fitted_reduction(serve_factory, tiny_embedder):
+    openai = pytest.importorskip("openai")
+    from moee_plugins import MoEEmbedder, calibration_sentences
+
+    compact = MoEEmbedder.from_config(tiny_embedder.config, model=tiny_embedder.model, tokenizer=tiny_embedder.tokenizer)
+    compact.fit_reduction(list(calibration_sentences())[:64], [8, 16])
+    running = serve_factory(compact)
+    client = openai.OpenAI(base_url=running.v1, api_key=API_KEY, max_retries=0)
+    for dims in (8, 16):
+        response = client.embeddings.create(model=MODEL_NAME, input=TEXTS, dimensions=dims, encoding_format="float")
+        got = np.asarray([d.embedding for d in response.data])
+        assert got.shape == (len(TEXTS), dims)
+        np.testing.assert_allclose(got, compact.encode(TEXTS, dimensions=dims), atol=1e-6, rtol=0)
+    with pytest.raises(openai.BadRequestError, match="dimensions=12 is not available"):
+        client.embeddings.create(model=MODEL_NAME, input=TEXTS, dimensions=12)
+
+
 def test_openai_client_wrong_key_is_refused(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.v1, api_key="wrong", max_retries=0)
