@@ -218,4 +218,23 @@ def load_topic_model(path: str | Path, embedding_model: Any = None, **overrides:
     return bertopic.BERTopic.load(str(path), embedding_model=backend)
 
 
-__all__ = ["BACKEND_CONFIG", "DEFAULT_MODEL", "MoEEBackend", "load_topic_model", "save_topic_model"]
+def topics_over_time(topic_model: Any, docs: list[str], timestamps: list[Any], *, datetime_format: str | None = None,
+                     **kwargs: Any) -> Any:
+    """``topic_model.topics_over_time(docs, timestamps, **kwargs)`` that also takes string timestamps under
+    pandas 3: BERTopic 0.17 parses strings with ``infer_datetime_format``, an argument pandas 3 removed, so
+    strings are parsed here first (``datetime_format`` as in BERTopic, else inferred by pandas).
+
+    Example:
+        >>> from moee_plugins.bertopic import topics_over_time                         # doctest: +SKIP
+        >>> topics_over_time(topic_model, docs, ["2024-01-05", "2024-02-11", ...])     # doctest: +SKIP
+    """
+    if len(timestamps) and isinstance(timestamps[0], str):
+        import pandas as pd
+
+        timestamps = list(pd.to_datetime(pd.Series(list(timestamps)), format=datetime_format))
+    elif datetime_format is not None:
+        kwargs["datetime_format"] = datetime_format
+    return topic_model.topics_over_time(docs, timestamps, **kwargs)
+
+
+__all__ = ["BACKEND_CONFIG", "DEFAULT_MODEL", "MoEEBackend", "load_topic_model", "save_topic_model", "topics_over_time"]

@@ -14,7 +14,7 @@ from bertopic import BERTopic
 from bertopic.representation import KeyBERTInspired, MaximalMarginalRelevance
 from sklearn.metrics.pairwise import cosine_similarity
 
-from moee_plugins.bertopic import BACKEND_CONFIG, MoEEBackend, load_topic_model, save_topic_model
+from moee_plugins.bertopic import BACKEND_CONFIG, MoEEBackend, load_topic_model, save_topic_model, topics_over_time
 
 N_TOPICS = 5  # the synthetic corpus's vocabularies (conftest.VOCABULARIES)
 
@@ -236,3 +236,16 @@ def test_a_saved_topic_model_never_switches_remote_code_on(fitted, tiny_model_di
     (path / BACKEND_CONFIG).write_text(json.dumps(config))
     loaded = load_topic_model(path)
     assert not marker.exists() and loaded.embedding_model.embedder.trust_remote_code is False
+
+
+@pytest.mark.parametrize("datetime_format", [None, "%Y-%m-%d"])
+def test_topics_over_time_takes_string_timestamps(fitted, docs, datetime_format):
+    import pandas as pd
+
+    days = pd.date_range("2024-01-01", periods=len(docs), freq="D")
+    strings = [day.strftime("%Y-%m-%d") for day in days]
+    by_strings = topics_over_time(fitted, docs, strings, datetime_format=datetime_format, nr_bins=4)
+    by_dates = topics_over_time(fitted, docs, list(days.to_pydatetime()), nr_bins=4)
+    assert int(by_strings["Frequency"].sum()) == len(docs)  # every document lands in exactly one bin
+    assert set(by_strings["Topic"]) == set(fitted.topics_)
+    pd.testing.assert_frame_equal(by_strings.reset_index(drop=True), by_dates.reset_index(drop=True))
