@@ -63,6 +63,12 @@ def list_aliases() -> list[ModelAlias]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+def builtin_aliases() -> list[ModelAlias]:
+    """The aliases the package ships (whatever the user registered since), sorted by name."""
+    return [ModelAlias(name, model_id, description, dict(defaults), remote)
+            for name, model_id, description, defaults, remote in sorted(_BUILTIN)]
+
+
 def strip_prefix(ref: str) -> str:
     """``"moee:olmoe"`` -> ``"olmoe"``; any other string unchanged."""
     return ref[len(PREFIX) :] if ref.startswith(PREFIX) else ref

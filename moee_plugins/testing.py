@@ -468,10 +468,10 @@ def render_matrix(result: dict[str, Any]) -> str:
             ", ".join(f"`{r}`" for r in row.get("routers", [])), ", ".join(row.get("scoring", [])),
             row.get("reason", "").replace("|", "\\|").replace("\n", " "),
         ))
-    from .aliases import list_aliases
+    from .aliases import builtin_aliases
 
     lines += ["", "## Aliases", "", "| alias | checkpoint | |", "|---|---|---|"]
-    lines += [f"| `moee:{a.name}` | {a.model_id} | {a.description} |" for a in list_aliases()]
+    lines += [f"| `moee:{a.name}` | {a.model_id} | {a.description} |" for a in builtin_aliases()]
     lines += ["", _MATRIX_NOTES]
     return "\n".join(lines) + "\n"
 
