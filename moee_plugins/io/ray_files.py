@@ -129,6 +129,19 @@ def read_corpus_dataset(
     return ray_data.from_arrow_refs(refs)
 
 
+def _name_shards_in_row_order(files: list[Path]) -> None:
+    """Ray names its write tasks' files in no guaranteed order; prefix each new shard with its rank by first row
+    position, so that file-name order is input order (rows within a shard are already in order)."""
+    import pyarrow.parquet as pq
+
+    def first_id(path: Path) -> int:
+        ids = pq.read_table(path, columns=["id"]).column("id")
+        return int(ids[0].as_py()) if len(ids) else -1
+
+    for rank, path in enumerate(sorted(files, key=first_id)):
+        path.rename(path.with_name(f"{rank:06d}_{path.name}"))
+
+
 def embed_files(
     input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output_dir: str | os.PathLike[str],
@@ -207,7 +220,10 @@ def embed_files(
                                 batch_size=batch_size, forward_batch_size=forward_batch_size,
                                 calibration_texts=calibration_texts, calibrate_on=calibrate_on, **embedder_options)
         mode = ray_data.SaveMode.OVERWRITE if overwrite else ray_data.SaveMode.APPEND
+        before = set(Path(out).glob("*.parquet")) if _is_local(out) and not overwrite else set()
         vectors.select_columns(["id", "vector"]).write_parquet(out, min_rows_per_file=rows_per_file, mode=mode)
+        if preserve_order and id_field is None and _is_local(out):
+            _name_shards_in_row_order(sorted(set(Path(out).glob("*.parquet")) - before))
         seconds = time.perf_counter() - started
         files = sorted(str(p) for p in Path(out).glob("*.parquet")) if _is_local(out) else []
         dim = None
