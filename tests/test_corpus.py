@@ -124,3 +124,29 @@ def test_reading_streams(tmp_path):
     assert next(records).text == "a" and next(records).text == "b"  # read lazily: the bad line is not reached yet
     with pytest.raises(CorpusError, match=":3:"):
         next(records)
+
+
+def test_ray_shards_are_named_and_rewritten_in_row_order(tmp_path):
+    """Ray may write a job's files, and blocks inside one file, out of input order: file-name order is made input order."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from moee_plugins.io.ray_files import _name_shards_in_row_order
+
+    def shard(name, ids):
+        path = tmp_path / name
+        pq.write_table(pa.table({"id": ids, "vector": [[float(i)] for i in ids]}), path)
+        return path
+
+    def read_in_name_order():
+        files = sorted(tmp_path.glob("*.parquet"))
+        return pa.concat_tables(pq.read_table(f) for f in files)
+
+    _name_shards_in_row_order([shard("b.parquet", [0, 1]), shard("a.parquet", [2, 3])], None)  # misnamed files
+    assert read_in_name_order().column("id").to_pylist() == [0, 1, 2, 3]
+    for path in tmp_path.glob("*.parquet"):
+        path.unlink()
+    _name_shards_in_row_order([shard("x.parquet", [0, 1, 4, 5, 2, 3])], 4)  # blocks out of order inside a file
+    table = read_in_name_order()
+    assert table.column("id").to_pylist() == [0, 1, 2, 3, 4, 5]
+    assert [v[0] for v in table.column("vector").to_pylist()] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # rows moved whole
+    assert len(list(tmp_path.glob("*.parquet"))) == 2  # rewritten at rows_per_file

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from .._extras import require
 from ..ray import embed_dataset
 
@@ -129,17 +131,27 @@ def read_corpus_dataset(
     return ray_data.from_arrow_refs(refs)
 
 
-def _name_shards_in_row_order(files: list[Path]) -> None:
-    """Ray names its write tasks' files in no guaranteed order; prefix each new shard with its rank by first row
-    position, so that file-name order is input order (rows within a shard are already in order)."""
+def _name_shards_in_row_order(files: list[Path], rows_per_file: int | None) -> None:
+    """Make file-name order input order. Ray names its write tasks' files in no guaranteed order and, when it
+    buffers blocks into one file, may write them out of order: shards already in order are only renamed by
+    rank; otherwise the new shards are rewritten sorted by row position (logged: it reads them all once)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def first_id(path: Path) -> int:
-        ids = pq.read_table(path, columns=["id"]).column("id")
-        return int(ids[0].as_py()) if len(ids) else -1
-
-    for rank, path in enumerate(sorted(files, key=first_id)):
-        path.rename(path.with_name(f"{rank:06d}_{path.name}"))
+    ids = {path: pq.read_table(path, columns=["id"]).column("id").to_numpy() for path in files}
+    ordered = sorted((p for p in files if len(ids[p])), key=lambda p: int(ids[p][0]))
+    flat = np.concatenate([ids[p] for p in ordered]) if ordered else np.zeros(0, dtype=np.int64)
+    if flat.size < 2 or bool(np.all(np.diff(flat) > 0)):
+        for rank, path in enumerate(ordered):
+            path.rename(path.with_name(f"{rank:06d}_{path.name}"))
+        return
+    logger.info("Ray wrote %d rows out of input order; rewriting %d shard(s) sorted by row position", flat.size, len(files))
+    table = pa.concat_tables([pq.read_table(p) for p in files]).sort_by("id")
+    step = rows_per_file or len(table)
+    for rank, start in enumerate(range(0, len(table), step)):
+        pq.write_table(table.slice(start, step), files[0].with_name(f"{rank:06d}_rows.parquet"))
+    for path in files:
+        path.unlink()
 
 
 def embed_files(
@@ -223,7 +235,7 @@ def embed_files(
         before = set(Path(out).glob("*.parquet")) if _is_local(out) and not overwrite else set()
         vectors.select_columns(["id", "vector"]).write_parquet(out, min_rows_per_file=rows_per_file, mode=mode)
         if preserve_order and id_field is None and _is_local(out):
-            _name_shards_in_row_order(sorted(set(Path(out).glob("*.parquet")) - before))
+            _name_shards_in_row_order(sorted(set(Path(out).glob("*.parquet")) - before), rows_per_file)
         seconds = time.perf_counter() - started
         files = sorted(str(p) for p in Path(out).glob("*.parquet")) if _is_local(out) else []
         dim = None
