@@ -58,11 +58,13 @@ FOLDER_FORMATS = ("moee-plugins/embedder", "moee-plugins/sentence-transformers")
 FOLDER_FORMAT_VERSION = 1
 
 
-def check_texts(texts: Any) -> tuple[list[str], bool]:
-    """A list of strings and whether the input was a single string. Names the first bad item.
+def check_texts(texts: Any, *, item: str = "texts[{i}]") -> tuple[list[str], bool]:
+    """A list of strings and whether the input was a single string. Names the first bad item (``item``: how,
+    e.g. ``"row {i} of column 'text'"``).
 
-    The one input rule of every adapter: a mapping (its keys) or a set (no order) is refused, since output
-    row i must belong to input i; so is text that is not valid Unicode (a lone surrogate).
+    The one input rule of every adapter and reader: a mapping (its keys) or a set (no order) is refused, since
+    output row i must belong to input i; so is a null (never silently an empty text) and text that is not valid
+    Unicode (a lone surrogate).
     """
     if isinstance(texts, str):
         items, single = [texts], True
@@ -75,15 +77,18 @@ def check_texts(texts: Any) -> tuple[list[str], bool]:
             raise TypeError(f"texts must be an ordered sequence of strings, got a {type(texts).__name__} (no order: "
                             "row i could not match text i); pass a list, e.g. sorted(texts)")
         items, single = list(texts), False
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise TypeError(f"texts[{i}] must be a string, got {type(item).__name__}: {item!r:.80}")
-    for i, item in enumerate(items):
+        for i, value in enumerate(items):
+            if value is None:
+                raise TypeError(f"{item.format(i=i)} must be a string, got None (a null): fill or drop it first "
+                                "(an empty text is the string \"\")")
+            if not isinstance(value, str):
+                raise TypeError(f"{item.format(i=i)} must be a string, got {type(value).__name__}: {value!r:.80}")
+    for i, value in enumerate(items):
         try:
-            item.encode("utf-8")
+            value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            where = "the text" if single else f"texts[{i}]"
-            raise ValueError(f"{where} is not valid Unicode: a lone surrogate {item[exc.start]!r} at character "
+            where = "the text" if single else item.format(i=i)
+            raise ValueError(f"{where} is not valid Unicode: a lone surrogate {value[exc.start]!r} at character "
                              f"{exc.start}; fix its decoding (e.g. errors='replace')") from None
     return items, single
 
@@ -436,6 +441,16 @@ class MoEEmbedder:
             fitted = self.reduction.mode + (f" (alpha={self.reduction.alpha:g})" if self.reduction.mode == "sum" else "")
             raise ValueError(f"the reduction was fitted on {fitted} vectors, not {mode}"
                              f"{f' (alpha={alpha:g})' if mode == 'sum' else ''}; fit one for these with fit_reduction")
+
+    def check_truncation(self, size: int | None, name: str = "truncate_dim") -> None:
+        """Refuse cutting vectors to their first ``size`` dimensions (a framework's ``truncate_dim``): that keeps
+        hidden-state dimensions and drops every routing one, unless a fitted reduction of that size exists."""
+        supported = tuple(self.supported_dimensions)
+        if size is not None and size != self.dim and size not in supported:
+            raise ValueError(
+                f"{name}={size} would cut an MoEE vector's routing dimensions off (its first {self.hidden_dim} "
+                f"dimensions are the hidden state); fitted compact sizes: {list(supported) or 'none'}. "
+                f"Use {name}=None, or fit a reduction of that size")
 
     def similarity(self, a: Any, b: Any, mode: str | None = None) -> np.ndarray:
         """The similarity this mode is defined with: (cos(HS) + alpha cos(RW)) / (1 + alpha) for ``sum`` (a dot

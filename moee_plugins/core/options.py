@@ -260,6 +260,32 @@ def split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return ours, {k: v for k, v in values.items() if k not in ours}
 
 
+def split_model_kwargs(model_kwargs: Mapping[str, Any] | None, *, adapter_keys: tuple[str, ...] = (),
+                       outer_keys: tuple[str, ...] = ("trust_remote_code", "device"), owner: str = "the constructor",
+                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A framework's one ``model_kwargs`` dict -> (embedder options, the adapter's own ``adapter_keys``,
+    ``from_pretrained`` arguments, a nested ``model_kwargs`` merged in). ``torch_dtype`` reads as ``dtype``;
+    ``outer_keys`` belong to ``owner`` itself and are refused here (they would be given twice)."""
+    if model_kwargs is None:
+        return {}, {}, {}
+    if not isinstance(model_kwargs, Mapping):
+        raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
+    values = dict(model_kwargs)
+    if "torch_dtype" in values:
+        if "dtype" in values and values["dtype"] != values["torch_dtype"]:
+            raise ValueError("model_kwargs sets both 'dtype' and 'torch_dtype' to different values")
+        values["dtype"] = values.pop("torch_dtype")
+    for key in outer_keys:
+        if key in values:
+            raise ValueError(f"pass {key}=... to {owner} itself, not inside model_kwargs")
+    adapter = {k: values.pop(k) for k in adapter_keys if k in values}
+    nested = values.pop("model_kwargs", None) or {}
+    if not isinstance(nested, Mapping):
+        raise TypeError(f"model_kwargs['model_kwargs'] must be a dict, got {type(nested).__name__}")
+    embedder_options, loading = split(values)
+    return embedder_options, adapter, {**loading, **nested}
+
+
 def options_from_config(config: Mapping[str, Any], *, trust_remote_code: bool = False) -> dict[str, Any]:
     """The options a saved config asks for, with consent to run code set by the LOADING caller, never the file."""
     if not isinstance(config, Mapping):
