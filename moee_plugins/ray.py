@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ._extras import require
-from .core import MoEEmbedder, options
+from .core import MoEEmbedder, check_texts, options
 from .core.loading import resolve_reference
 from .core.prompts import PRESETS, instruction_template
 
@@ -62,17 +62,8 @@ def _portable(model: str, embedder_options: Mapping[str, Any]) -> tuple[str, dic
 
 
 def _column_texts(values: Sequence[Any], column: str) -> list[str]:
-    """Strings of a text column; a null becomes ""."""
-    texts = []
-    for i, value in enumerate(values):
-        if value is None:
-            texts.append("")
-        elif isinstance(value, str):
-            texts.append(value)
-        else:
-            raise TypeError(f"column {column!r} must hold strings; row {i} of this batch is "
-                            f"{type(value).__name__}: {value!r:.80}")
-    return texts
+    """Strings of a text column, by the core's one input rule (a null is refused, as the corpus readers do)."""
+    return check_texts(list(values), item=f"column {column!r}: row {{i}} of this batch")[0]
 
 
 class MoEEPredictor:

@@ -57,8 +57,20 @@ def test_predictor_keeps_rows_in_every_batch_format(tiny_embedder, reference) ->
 
     with pytest.raises(KeyError, match="no text column 'body'"):
         predictor(pa.table({"text": ["x"]}))
-    with pytest.raises(TypeError, match="row 1 of this batch is int"):
+    with pytest.raises(TypeError, match="row 1 of this batch must be a string, got int"):
         predictor({"body": np.array(["ok", 3], dtype=object)})
+
+
+@pytest.mark.parametrize("batch", [lambda: pa.table({"body": pa.array(["ok", None], pa.string())}),
+                                   lambda: pd.DataFrame({"body": pd.Series(["ok", None], dtype=object)}),
+                                   lambda: pd.DataFrame({"body": ["ok", None]}),
+                                   lambda: {"body": np.array(["ok", None], dtype=object)}],
+                         ids=["arrow", "pandas-object", "pandas-str", "numpy"])
+def test_a_null_text_is_refused_like_the_corpus_readers_do(tiny_embedder, batch) -> None:
+    """A null is never embedded as "" (the local readers refuse it too): the error names the column and the row."""
+    predictor = MoEEPredictor(**predictor_kwargs(embedder=tiny_embedder, text_column="body", device="cpu"))
+    with pytest.raises(TypeError, match=r"column 'body': row 1 of this batch must be a string, got (None|float)"):
+        predictor(batch())
 
 
 def test_statistics_are_fitted_once_and_shipped(tiny_model_dir, tiny_embedder) -> None:
