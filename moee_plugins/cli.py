@@ -90,11 +90,14 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .commands._common import UsageError
+def _one_line(exc: BaseException) -> tuple[str, int] | None:
+    """(prefix, exit code) of an error written to be read (shown whole); None for any other."""
+    from .commands._common import CommandError
     from .io import CorpusError, ShardError
 
-    return (UsageError, CorpusError, ShardError)
+    if isinstance(exc, CommandError):
+        return exc.prefix, exc.exit_code
+    return ("error: ", 2) if isinstance(exc, (CorpusError, ShardError)) else None  # the readers' user errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,9 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if verbose:
             raise
-        if isinstance(exc, _user_errors()):  # written to be read: shown whole
-            sys.stderr.write(f"moee {args.command}: error: {exc}\n")
-            return 2
+        shown = _one_line(exc)
+        if shown is not None:
+            sys.stderr.write(f"moee {args.command}: {shown[0]}{exc}\n")
+            return shown[1]
         lines = str(exc).strip().splitlines()
         sys.stderr.write(f"moee {args.command}: error: {type(exc).__name__}: {lines[0] if lines else ''} "
                          "(run again with --debug for the full traceback)\n")

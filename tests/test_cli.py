@@ -44,7 +44,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(corpus, tmp_path, monkeypa
     def broken(args):
         raise RuntimeError("something deep failed\nwith a second line")
 
-    monkeypatch.setattr(embed_command, "_run", broken)
+    monkeypatch.setattr(embed_command, "run", broken)
     argv = ["embed", str(corpus), "-o", str(tmp_path / "v.npy")]
     assert main(argv) == 1
     assert one_line(capsys.readouterr().err) == ("moee embed: error: RuntimeError: something deep failed "

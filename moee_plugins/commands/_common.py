@@ -1,5 +1,5 @@
-"""What every sub-command shares: the user-error type the CLI prints as one line (exit 2), the advice added
-to the file readers' errors, and silencing the libraries' own progress bars for ``-q``."""
+"""What every sub-command shares: the error types the CLI prints as one line (user errors: exit 2), the advice
+added to the file readers' errors, and silencing the libraries' own progress bars for ``-q``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ from collections.abc import Iterator
 from typing import Any
 
 
-class UsageError(Exception):
-    """A problem with the user's input or options: ``moee`` prints ``moee <command>: error: <message>`` and
-    exits with 2 (a traceback only with ``--debug``)."""
+class CommandError(Exception):
+    """An outcome ``moee`` reports in one line, ``moee <command>: <prefix><message>``, exiting with ``exit_code``
+    (a traceback only with ``--debug``). Every command raises these; only ``cli.main`` prints them."""
+
+    exit_code = 1
+    prefix = ""
+
+
+class UsageError(CommandError):
+    """A problem with the user's input or options: ``moee <command>: error: <message>``, exit code 2."""
+
+    exit_code = 2
+    prefix = "error: "
 
 
 _FLAGS = {".jsonl": "--text-field", ".csv": "--text-column", ".parquet": "--text-column"}

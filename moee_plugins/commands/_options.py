@@ -1,10 +1,12 @@
-"""Model options shared by every sub-command, so ``moee embed``, ``topics`` and ``eval`` accept the same flags
-and build their embedder the same way."""
+"""Options shared by every sub-command, so ``moee embed``, ``topics``, ``calibrate``, ``serve`` and ``eval`` accept
+the same flags, check them the same way and build their embedder the same way."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from ._common import UsageError
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool = False, mode: bool = True) -> None:
@@ -67,3 +69,32 @@ def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "mode", None) is not None:
         kwargs["mode"] = args.mode
     return kwargs
+
+
+def add_text_options(parser: argparse.ArgumentParser, *, corpus_input: type | None = None) -> None:
+    """``--text-field`` / ``--text-column``: where a corpus file holds its text; with ``corpus_input`` (the
+    argument's type) also the positional ``input`` corpus file."""
+    if corpus_input is not None:
+        parser.add_argument("input", type=corpus_input,
+                            help="corpus: .txt (one document a line), .jsonl (--text-field), .csv/.parquet (--text-column)")
+    parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
+    parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a flag below 1 (``--batch-size 0``); a flag not given (None) is left to its default."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def load_embedder(args: argparse.Namespace) -> Any:
+    """The embedder :func:`add_model_options`' flags describe (loads the model); a bad model, alias, prompt or
+    dtype is the user's error."""
+    from ..core import MoEEmbedder
+
+    try:
+        return MoEEmbedder(args.model, **embedder_kwargs(args))
+    except (OSError, ValueError, TypeError, ImportError) as exc:
+        raise UsageError(f"cannot load model {args.model!r}: {exc}") from exc

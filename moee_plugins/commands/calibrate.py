@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import UsageError, corpus_problem
-from ._options import add_model_options
+from ._options import add_model_options, add_text_options
 
 FORMAT_VERSION = 1
 
@@ -31,8 +31,7 @@ def register(subparsers: Any) -> None:
     add_model_options(parser, mode=False)
     parser.add_argument("--texts", default=None, metavar="FILE",
                         help="calibrate on this corpus (.txt, .jsonl, .csv, .parquet) instead of the built-in sentences")
-    parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
-    parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
+    add_text_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
     parser.set_defaults(func=run)

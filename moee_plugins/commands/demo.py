@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import UsageError
+
 SAMPLE_CORPUS = "sample_corpus.jsonl"
 DEFAULT_QUERY = "How do spacecraft get into orbit?"
 TOP_K = 5
@@ -40,9 +42,6 @@ RANDOM_WARNING = (
     "on first use; a GPU is recommended)."
 )
 
-
-class DemoError(Exception):
-    """A step of the demo failed; reported without a traceback."""
 
 
 def register(subparsers: Any) -> None:
@@ -65,15 +64,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``moee demo``: 0 on success, else the exit code of the step that failed."""
-    try:
-        return _run(args)
-    except DemoError as exc:
-        sys.stderr.write(f"moee demo: error: {exc}\n")
-        return 2
-
-
 def sample_corpus_path() -> Path:
     """The bundled sample corpus (jsonl: ``id``, ``topic``, ``text``)."""
     return Path(str(resources.files("moee_plugins.data").joinpath(SAMPLE_CORPUS)))
@@ -91,7 +81,7 @@ def _step(argv: list[str]) -> None:
     _say("$ moee " + " ".join(argv))
     code = main(argv)
     if code != 0:
-        raise DemoError(f"`moee {' '.join(argv)}` failed with exit code {code}")
+        raise UsageError(f"`moee {' '.join(argv)}` failed with exit code {code}")
 
 
 def _readme(model: str, tiny: bool, query: str) -> str:
@@ -119,16 +109,17 @@ def _search(model: str, device: str | None, query: str, corpus: list[dict[str, A
 
     embedder = MoEEmbedder(model, device=device)
     if len(vectors) != len(corpus) or vectors.shape[1] != embedder.dim:
-        raise DemoError(f"vectors.npy has shape {vectors.shape}, expected ({len(corpus)}, {embedder.dim})")
+        raise UsageError(f"vectors.npy has shape {vectors.shape}, expected ({len(corpus)}, {embedder.dim})")
     scores = embedder.similarity(embedder.encode([query], show_progress_bar=False), vectors)[0]
     order = np.argsort(-scores, kind="stable")[:TOP_K]
     return [(float(scores[i]), corpus[i]) for i in order]
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``moee demo``: 0 on success, else the exit code of the step that failed."""
     outdir: Path = args.outdir
     if outdir.exists() and not outdir.is_dir():
-        raise DemoError(f"output path {outdir} exists and is not a directory")
+        raise UsageError(f"output path {outdir} exists and is not a directory")
     outdir.mkdir(parents=True, exist_ok=True)
     tiny = args.model is None
     quiet = ["-q"] if args.quiet else []

@@ -25,15 +25,11 @@ from typing import Any
 import numpy as np
 
 from ._common import UsageError, corpus_problem, quiet_libraries
-from ._options import add_model_options, embedder_kwargs
+from ._options import add_model_options, add_text_options, check_positive, embedder_kwargs, load_embedder
 
 DEFAULT_SHARD_SIZE = 1024
 STATISTICS_FORMAT = "moee-statistics"
 # config keys that change the raw parts (HS, RW) and so the statistics fitted on them
-
-
-class EmbedError(UsageError):
-    """A problem with the user's input or options, reported without a traceback."""
 
 
 class Terminated(BaseException):
@@ -48,13 +44,10 @@ def register(subparsers: Any) -> None:
         description="Embed every document of INPUT with MoEE. Row i of OUTPUT is document i. Shards are saved "
         "as they are computed into OUTPUT.shards/, so an interrupted run continues with --resume.",
     )
-    parser.add_argument("input",
-                        help="corpus: .txt (one document a line), .jsonl (--text-field), .csv/.parquet (--text-column)")
     parser.add_argument("-o", "--output", required=True,
                         help="OUTPUT.npy (float32, one row per document) or OUTPUT.parquet (columns id, vector)")
     add_model_options(parser)
-    parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
-    parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
+    add_text_options(parser, corpus_input=str)
     parser.add_argument("--id-field", default=None,
                         help="jsonl field / csv or parquet column whose values become the ids: the parquet id column, "
                         "or OUTPUT.ids.jsonl beside a .npy (default: the row position)")
@@ -85,26 +78,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``moee embed``: 0 on success, 2 on a bad input or option, 130/143 when interrupted."""
-    from ..io import ShardError
-
-    try:
-        return _run(args)
-    except (UsageError, ShardError) as exc:
-        sys.stderr.write(f"moee embed: error: {exc}\n")
-        return 2
-
-
 # ---------------------------------------------------------------------- pieces (also used by tests)
 def build_embedder(args: argparse.Namespace) -> Any:
     """The embedder the options describe (loads the model)."""
-    from ..core import MoEEmbedder
-
-    try:
-        return MoEEmbedder(args.model, **embedder_kwargs(args))
-    except (OSError, ValueError, TypeError, ImportError) as exc:  # unknown model/alias, bad prompt or dtype
-        raise EmbedError(f"cannot load model {args.model!r}: {exc}") from exc
+    return load_embedder(args)
 
 
 def settings_fingerprint(embedder: Any) -> dict[str, Any]:
@@ -143,18 +120,15 @@ def _validate(args: argparse.Namespace) -> None:
     from ..io import output_format
 
     output_format(args.output)
-    for name in ("batch_size", "max_length", "max_tokens_per_batch", "shard_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise EmbedError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    check_positive(args, "batch_size", "max_length", "max_tokens_per_batch", "shard_size")
     if args.resume and args.overwrite:
-        raise EmbedError("--resume and --overwrite contradict each other: choose one")
+        raise UsageError("--resume and --overwrite contradict each other: choose one")
     try:
         args.output.exists()
     except OSError as exc:  # e.g. a file name too long for the file system
-        raise EmbedError(f"cannot write {args.output}: {exc.strerror or exc}; choose another --output") from None
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}; choose another --output") from None
     if args.output.exists() and args.output.is_dir():
-        raise EmbedError(f"output {args.output} is a directory; give a file name ending in .npy or .parquet")
+        raise UsageError(f"output {args.output} is a directory; give a file name ending in .npy or .parquet")
 
 
 def check_output_writable(output: Path) -> None:
@@ -165,7 +139,7 @@ def check_output_writable(output: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EmbedError(f"cannot create the output's folder {parent}: {exc.strerror or exc}; "
+        raise UsageError(f"cannot create the output's folder {parent}: {exc.strerror or exc}; "
                          "choose another --output") from None
     # a probe named like the longest file the run creates next to the output, removed at once
     probe = parent / (shard_dir_for(output).name + ".partial")
@@ -175,7 +149,7 @@ def check_output_writable(output: Path) -> None:
     except FileExistsError:
         return
     except OSError as exc:
-        raise EmbedError(f"cannot write {output}: {exc.strerror or exc}; choose another --output") from None
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}; choose another --output") from None
     probe.unlink()
 
 
@@ -189,7 +163,7 @@ def _count(args: argparse.Namespace) -> tuple[int, str | None]:
     except CorpusError as exc:
         raise corpus_problem(exc, args.input.suffix.lower(), args.id_field) from exc
     if count == 0:
-        raise EmbedError(f"{args.input} holds no documents")
+        raise UsageError(f"{args.input} holds no documents")
     return count, id_kind
 
 
@@ -210,15 +184,15 @@ def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, An
     try:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise EmbedError(f"no such statistics file: {path}") from None
+        raise UsageError(f"no such statistics file: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbedError(f"cannot read statistics from {path}: {exc}") from None
+        raise UsageError(f"cannot read statistics from {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") == STATISTICS_FORMAT:
         return data["statistics"], data.get("settings")
     if isinstance(data, dict) and isinstance(data.get("statistics"), dict):
         data = data["statistics"]  # an embedder config
     if not (isinstance(data, dict) and "hidden" in data and "routing" in data):
-        raise EmbedError(f"{path} holds no standardisation statistics (write one with `moee calibrate`)")
+        raise UsageError(f"{path} holds no standardisation statistics (write one with `moee calibrate`)")
     return data, None
 
 
@@ -243,12 +217,12 @@ def _apply_statistics_file(embedder: Any, path: str) -> dict[str, Any]:
         problems = _differences(_normalise(settings), _normalise(raw_part_settings(embedder)))
         if problems:
             lines = "; ".join(p.replace("(interrupted run)", "(statistics file)") for p in problems)
-            raise EmbedError(f"the statistics in {path} were fitted with other settings: {lines}; "
+            raise UsageError(f"the statistics in {path} were fitted with other settings: {lines}; "
                              "run `moee calibrate` with this run's options")
     try:
         embedder.set_statistics(statistics)
     except (ValueError, TypeError, KeyError) as exc:
-        raise EmbedError(f"cannot use the statistics in {path}: {exc}") from exc
+        raise UsageError(f"cannot use the statistics in {path}: {exc}") from exc
     return embedder.config["statistics"]
 
 
@@ -289,7 +263,7 @@ def _sigterm_stops_the_run() -> Iterator[None]:
 def _run_on_ray(args: argparse.Namespace) -> int:
     """The same job on a Ray cluster (see moee_plugins.io.ray_files): parquet shards with the columns id, vector."""
     if args.resume or args.shard_size is not None or args.statistics is not None:
-        raise EmbedError("--resume, --shard-size and --statistics apply to --engine local only")
+        raise UsageError("--resume, --shard-size and --statistics apply to --engine local only")
     from ..io.ray_files import embed_files
 
     try:
@@ -301,13 +275,14 @@ def _run_on_ray(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, progress=not args.quiet, **options,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:
-        raise EmbedError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     sys.stdout.write(f"wrote {summary['rows']} x {summary['dim']} float32 vectors to {summary['output_dir']} "
                      f"({len(summary['files'])} parquet shards)\n")
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``moee embed``: 0 on success, 2 on a bad input or option, 130/143 when interrupted."""
     from ..io import ShardedOutput, shard_dir_for
     from ..io.fingerprint import statistics_digest
 
@@ -321,14 +296,14 @@ def _run(args: argparse.Namespace) -> int:
         ShardedOutput.check_removable(args.output)  # before anything slow; removed only once the model loads
     elif not resuming:
         if shard_dir.exists():
-            raise EmbedError(f"{shard_dir} holds an unfinished run: pass --resume to continue it, "
+            raise UsageError(f"{shard_dir} holds an unfinished run: pass --resume to continue it, "
                              "or --overwrite to start over")
         if args.output.exists():
             if args.resume:
                 _say(f"moee embed: {args.output} is complete and there is no unfinished run to resume; nothing to do "
                      "(pass --overwrite to recompute it)")
                 return 0
-            raise EmbedError(f"{args.output} exists: pass --overwrite to replace it")
+            raise UsageError(f"{args.output} exists: pass --overwrite to replace it")
 
     num_rows, _ = _count(args)
     source = input_fingerprint(args)
@@ -336,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
     if sharded is not None:  # check the input before spending time on loading a model
         sharded.check({"input": source}, num_rows=num_rows)
         if args.shard_size is not None and args.shard_size != sharded.shard_size:
-            raise EmbedError(f"--shard-size {args.shard_size} differs from the interrupted run's "
+            raise UsageError(f"--shard-size {args.shard_size} differs from the interrupted run's "
                              f"{sharded.shard_size}; leave it out to resume")
     else:
         check_output_writable(args.output)
@@ -413,7 +388,7 @@ def _compute(args: argparse.Namespace, embedder: Any, sharded: Any, pending: lis
         for shard in sharded.shards():
             chunk = list(itertools.islice(records, shard.rows))
             if len(chunk) != shard.rows:
-                raise EmbedError(f"{args.input} changed while it was read: it has fewer than {sharded.num_rows} "
+                raise UsageError(f"{args.input} changed while it was read: it has fewer than {sharded.num_rows} "
                                  "documents now")
             if shard.index not in todo:
                 continue

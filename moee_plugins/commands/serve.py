@@ -15,14 +15,11 @@ import threading
 from typing import Any
 
 from ._common import UsageError
-from ._options import add_model_options, embedder_kwargs
+from ._options import add_model_options, check_positive, embedder_kwargs
 
 API_KEY_ENV = "MOEE_API_KEY"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-
-class ServeError(UsageError):
-    """A bad option, reported in one line without a traceback (exit 2)."""
 
 
 def register(subparsers: Any) -> None:
@@ -65,16 +62,12 @@ def register(subparsers: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Any:
-    """The server settings the flags describe (``ServeError`` on a bad value)."""
+    """The server settings the flags describe (``UsageError`` on a bad value)."""
     from ..serve import BatchSettings, ServeSettings
 
-    for name in ("port", "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size"):
-        value = getattr(args, name)
-        if value is None:  # not given: the server's own default
-            continue
-        if value < 1 or (name == "port" and value > 65535):
-            raise ServeError(f"--{name.replace('_', '-')} must be a positive integer{' <= 65535' if name == 'port' else ''}, "
-                             f"got {value}")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be a positive integer <= 65535, got {args.port}")
+    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size")
     budget = args.max_batch_tokens or args.max_tokens_per_batch or 8192
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
@@ -85,24 +78,16 @@ def settings_from(args: argparse.Namespace) -> Any:
                              max_inputs_per_request=args.max_inputs_per_request,
                              max_request_bytes=args.max_request_bytes, batch=batch)
     except ValueError as exc:
-        raise ServeError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point: serves until SIGINT/SIGTERM; 0 after a clean stop, 2 on a bad option or a model that fails to load."""
     try:
-        return _run(args)
-    except ServeError as exc:
-        sys.stderr.write(f"moee serve: error: {exc}\n")
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
         options = embedder_kwargs(args)
         settings = settings_from(args)
     except ValueError as exc:
-        raise ServeError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.host not in _LOOPBACK and settings.api_key is None:
         logging.getLogger("moee_plugins").warning(
@@ -146,7 +131,7 @@ def _run_on_ray(args: argparse.Namespace, options: dict[str, Any], settings: Any
         application = ray_serve.deployment(args.model, settings, replicas=args.replicas, num_cpus=args.num_cpus,
                                            num_gpus=args.num_gpus, **options)
     except (OSError, ValueError, TypeError, ImportError) as exc:
-        raise ServeError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     sys.stderr.write(f"moee serve: {args.replicas} Ray Serve replica(s) of {args.model} at "
                      f"http://{args.host}:{args.port}/v1/embeddings (Ctrl-C stops)\n")
     with contextlib.suppress(KeyboardInterrupt):

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ._options import add_model_options, embedder_kwargs
+from ._common import CommandError, UsageError
+from ._options import add_model_options, add_text_options, check_positive, load_embedder
 
 logger = logging.getLogger("moee_plugins")
 
@@ -35,12 +36,9 @@ MAX_BARCHART_TOPICS = 30
 MIN_MAP_TOPICS = 3  # BERTopic's 2-D projection of the topics fails on two
 
 
-class TopicsError(Exception):
-    """A problem with the user's input or options, reported without a traceback."""
 
-
-class NoTopicsError(Exception):
-    """Clustering found no topic at all."""
+class NoTopicsError(CommandError):
+    """Clustering found no topic at all (exit code 1)."""
 
 
 def register(subparsers: Any) -> None:
@@ -51,8 +49,6 @@ def register(subparsers: Any) -> None:
         description="Topic modelling of INPUT with MoEE embeddings and BERTopic (UMAP + HDBSCAN + KeyBERTInspired). "
         "Writes topics.csv, topic_info.csv, embeddings.npy and HTML visualisations into OUTDIR.",
     )
-    parser.add_argument("input", type=Path,
-                        help="corpus: .txt (one document a line), .jsonl (--text-field), .csv/.parquet (--text-column)")
     parser.add_argument("-o", "--output", dest="outdir", type=Path, required=True, help="output directory")
     add_model_options(parser)
     parser.add_argument("--min-topic-size", type=int, default=None,
@@ -61,8 +57,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--nr-topics", default=None,
                         help="reduce to this many topics after clustering, or 'auto' (default: keep all)")
     parser.add_argument("--top-n-words", type=int, default=10, help="words per topic (default: %(default)s)")
-    parser.add_argument("--text-field", default="text", help="jsonl field holding the text (default: %(default)s)")
-    parser.add_argument("--text-column", default=None, help="csv/parquet column holding the text (default: --text-field)")
+    add_text_options(parser, corpus_input=Path)
     parser.add_argument("--calibrate", choices=("builtin", "corpus"), default="builtin",
                         help="standardisation statistics: the built-in sentences, or this corpus (no extra pass)")
     parser.add_argument("--seed", type=int, default=42,
@@ -73,26 +68,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``moee topics``: 0 on success, 2 on a bad input or option, 1 if no topic was found."""
-    try:
-        return _run(args)
-    except TopicsError as exc:
-        sys.stderr.write(f"moee topics: error: {exc}\n")
-        return 2
-    except NoTopicsError as exc:
-        sys.stderr.write(f"moee topics: {exc}\n")
-        return 1
-
-
 def min_topic_size_for(n_documents: int, requested: int | None) -> int:
     """HDBSCAN's ``min_cluster_size``: the request if it can form two topics, else a clear error."""
     if requested is None:
         return min(DEFAULT_MIN_TOPIC_SIZE, max(2, n_documents // 10))
     if requested < 2:
-        raise TopicsError(f"--min-topic-size must be at least 2, got {requested}")
+        raise UsageError(f"--min-topic-size must be at least 2, got {requested}")
     if requested > n_documents // 2:
-        raise TopicsError(
+        raise UsageError(
             f"--min-topic-size {requested} leaves no room for two topics in {n_documents} documents; "
             f"use at most {n_documents // 2}"
         )
@@ -105,18 +88,16 @@ def _parse_nr_topics(value: str | None) -> int | str | None:
     try:
         number = int(value)
     except ValueError:
-        raise TopicsError(f"--nr-topics must be a positive integer or 'auto', got {value!r}") from None
+        raise UsageError(f"--nr-topics must be a positive integer or 'auto', got {value!r}") from None
     if number < 2:
-        raise TopicsError(f"--nr-topics must be at least 2, got {number}")
+        raise UsageError(f"--nr-topics must be at least 2, got {number}")
     return number
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "max_length", "top_n_words", "max_tokens_per_batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise TopicsError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    check_positive(args, "batch_size", "max_length", "top_n_words", "max_tokens_per_batch")
     if args.outdir.exists() and not args.outdir.is_dir():
-        raise TopicsError(f"output path {args.outdir} exists and is not a directory")
+        raise UsageError(f"output path {args.outdir} exists and is not a directory")
 
 
 def _read(args: argparse.Namespace) -> list[str]:
@@ -126,16 +107,16 @@ def _read(args: argparse.Namespace) -> list[str]:
     try:
         docs = read_corpus(args.input, text_field=args.text_field, text_column=args.text_column)
     except CorpusError as exc:  # missing file, unknown format, missing field/column, a record that is not text
-        raise TopicsError(str(corpus_problem(exc, args.input.suffix.lower()))) from exc
+        raise UsageError(str(corpus_problem(exc, args.input.suffix.lower()))) from exc
     except OSError as exc:
-        raise TopicsError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     if len(docs) < MIN_DOCUMENTS:
-        raise TopicsError(
+        raise UsageError(
             f"{args.input} has {len(docs)} document(s); topic modelling needs at least {MIN_DOCUMENTS} "
             "(one document a line for .txt)"
         )
     if not any(doc.strip() for doc in docs):
-        raise TopicsError(f"every document in {args.input} is empty")
+        raise UsageError(f"every document in {args.input} is empty")
     from sklearn.feature_extraction.text import CountVectorizer
 
     try:
@@ -143,7 +124,7 @@ def _read(args: argparse.Namespace) -> list[str]:
     except ValueError:  # "empty vocabulary"
         words = 0
     if words < 2:
-        raise TopicsError(
+        raise UsageError(
             f"{args.input} has {words} distinct word(s) besides English stop words; topics are described by words, "
             "so at least 2 are needed"
         )
@@ -155,12 +136,9 @@ def _read(args: argparse.Namespace) -> list[str]:
 
 
 def _embed(args: argparse.Namespace, docs: list[str]) -> tuple[Any, np.ndarray]:
-    from ..core import MoEEmbedder, Statistics
+    from ..core import Statistics
 
-    try:
-        embedder = MoEEmbedder(args.model, **embedder_kwargs(args))
-    except (OSError, ValueError, TypeError) as exc:  # unknown model or alias, bad prompt template, bad dtype
-        raise TopicsError(f"cannot load model {args.model!r}: {exc}") from exc
+    embedder = load_embedder(args)
     show = not args.quiet
     if args.calibrate == "corpus":
         parts = embedder.encode_parts(docs, show_progress_bar=show)  # one pass: statistics and vectors
@@ -291,7 +269,8 @@ def write_visualisations(model: Any, outdir: Path) -> dict[str, str]:
     return written
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``moee topics``: 0 on success, 2 on a bad input or option, 1 if no topic was found."""
     _validate(args)
     nr_topics = _parse_nr_topics(args.nr_topics)
     docs = _read(args)
