@@ -21,7 +21,6 @@ import numpy as np
 
 from ._extras import require
 from .core import MoEEmbedder, check_texts, options
-from .core.loading import resolve_reference
 from .core.prompts import PRESETS, instruction_template
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,14 +50,6 @@ def _build_embedder(model: str | None, config: Mapping[str, Any] | None, embedde
     if model is None:
         raise ValueError("MoEEPredictor needs model= ('moee:<alias>', a hub id or a directory) or config=")
     return MoEEmbedder(model, **embedder_options)
-
-
-def _portable(model: str, embedder_options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``model`` as any process can load it (an alias's target, with the alias's defaults made explicit), since
-    custom aliases live in one process's registry only."""
-    reference = resolve_reference(model)
-    defaults = dict(reference.alias.defaults) if reference.alias is not None else {}
-    return reference.path, {**defaults, **embedder_options}
 
 
 def _column_texts(values: Sequence[Any], column: str) -> list[str]:
@@ -159,12 +150,7 @@ class MoEEPredictor:
 def _calibrated_statistics(model: str, embedder_options: Mapping[str, Any],
                            calibration_texts: Sequence[str] | None) -> dict[str, Any]:
     """Load the embedder, fix its statistics (on ``calibration_texts`` or the built-in sentences), return them."""
-    embedder = _build_embedder(model, None, embedder_options)
-    if calibration_texts is not None:
-        embedder.calibrate(list(calibration_texts), show_progress_bar=False)
-    else:
-        embedder.ensure_statistics("sum")
-    return embedder.statistics.to_dict()
+    return _build_embedder(model, None, embedder_options).fix_statistics(calibration_texts).to_dict()
 
 
 def predictor_kwargs(
@@ -206,10 +192,7 @@ def predictor_kwargs(
             raise ValueError("pass model= or embedder=, not both")
         if not isinstance(embedder, MoEEmbedder):
             raise TypeError(f"embedder must be a moee_plugins.MoEEmbedder, got {type(embedder).__name__}")
-        if calibration_texts is not None:
-            embedder.calibrate(list(calibration_texts), show_progress_bar=False)
-        else:
-            embedder.ensure_statistics("sum")
+        embedder.fix_statistics(calibration_texts)
         return {**common, "config": embedder.portable_config, **embedder_options}
 
     if model is None:
@@ -217,11 +200,8 @@ def predictor_kwargs(
     if not isinstance(model, str):
         raise TypeError(f"model must be a string ('moee:<alias>', a hub id or a directory every node can read), "
                         f"got {type(model).__name__}; wrap a loaded model with embedder=MoEEmbedder(model, tokenizer)")
-    model, resolved = _portable(model, embedder_options)
-    # hs vectors are never standardised; every other mode needs the same statistics on every actor
-    needs_statistics = (resolved.get("standardize", "auto") is not None and resolved.get("statistics") is None
-                        and resolved.get("mode", "sum") != "hs")
-    if needs_statistics:
+    model, resolved = MoEEmbedder.portable_options(model, embedder_options)
+    if options.needs_statistics(resolved):  # every actor must standardise with the same statistics
         started = time.perf_counter()
         if calibrate_on == "driver":
             statistics = _calibrated_statistics(model, resolved, calibration_texts)

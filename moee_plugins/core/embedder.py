@@ -221,21 +221,11 @@ class MoEEmbedder:
         return cls(model, **options)
 
     def _apply_options(self, values: dict[str, Any]) -> None:
-        self.mode = values["mode"]
+        for name in ("mode", "pooling", "routing", "alpha", "layers", "standardize", "normalize", "quantization",
+                     "max_length", "batch_size", "max_tokens_per_batch", "trust_remote_code", "model_kwargs"):
+            setattr(self, name, values[name])
         self.prompt = resolve_prompt(values["prompt"])
-        self.pooling = values["pooling"]
-        self.routing = values["routing"]
-        self.alpha = values["alpha"]
-        self.layers = values["layers"]
-        self.standardize = values["standardize"]
-        self.normalize = values["normalize"]
         self._dtype_arg = values["dtype"]
-        self.quantization = values["quantization"]
-        self.max_length = values["max_length"]
-        self.batch_size = values["batch_size"]
-        self.max_tokens_per_batch = values["max_tokens_per_batch"]
-        self.trust_remote_code = values["trust_remote_code"]
-        self.model_kwargs = values["model_kwargs"]
 
     def _attach_model(self) -> None:
         """Everything derived from the loaded model (router sites hold closures: rebuilt after unpickling)."""
@@ -502,7 +492,23 @@ class MoEEmbedder:
     # ------------------------------------------------------------------ standardisation
     def needs_statistics(self, mode: str | None = None) -> bool:
         """Whether vectors of ``mode`` are standardised and no statistics are set yet."""
-        return self.standardize is not None and self._mode(mode) != "hs" and self.statistics is None
+        return opts.needs_statistics({"standardize": self.standardize, "mode": self._mode(mode),
+                                      "statistics": self.statistics})
+
+    def fix_statistics(self, texts: Sequence[str] | None = None) -> Statistics | None:
+        """Fix now the statistics every copy of this embedder (other processes, actors) must share: fitted on
+        ``texts`` when given, else the ones set or the built-in calibration (whatever the mode)."""
+        if texts is not None:
+            return self.calibrate(list(texts), show_progress_bar=False)
+        return self.ensure_statistics("sum")
+
+    @staticmethod
+    def portable_options(model: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``model`` and ``options`` as any process can build the embedder from them: an alias's target, with
+        the alias's defaults made explicit (custom aliases live in one process's registry only)."""
+        reference = resolve_reference(model)
+        defaults = dict(reference.alias.defaults) if reference.alias is not None else {}
+        return reference.path, {**defaults, **options}
 
     def ensure_statistics(self, mode: str | None = None) -> Statistics | None:
         """Fix the standardisation statistics ``mode`` needs, calibrating once on the built-in sentences if

@@ -116,10 +116,18 @@ def _standardize(value: Any) -> str | None:
     return value
 
 
-def _normalize(value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"normalize must be True or False, got {value!r}")
-    return bool(value)
+def _flag(name: str) -> Callable[[Any], bool]:
+    """The check of a True/False option (numpy's bool too; never a truthy string or number)."""
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+        return bool(value)
+
+    return check
+
+
+_normalize, _trust = _flag("normalize"), _flag("trust_remote_code")
 
 
 def _layers(value: Any) -> list[int] | None:
@@ -155,12 +163,6 @@ def _tokenizer(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"tokenizer (in a config) must be None or a hub id / directory, got {type(value).__name__}")
     return value
-
-
-def _trust(value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"trust_remote_code must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _model_kwargs(value: Any) -> dict[str, Any]:
@@ -258,6 +260,14 @@ def split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(embedder options, everything else): for adapters whose one dict mixes both."""
     ours = {k: v for k, v in values.items() if k in OPTIONS or k in STATE_KEYS}
     return ours, {k: v for k, v in values.items() if k not in ours}
+
+
+def needs_statistics(values: Mapping[str, Any]) -> bool:
+    """Whether vectors built with these options are standardised and have no statistics yet (hs never is): the
+    one rule, for an embedder and for options another process will build one from."""
+    standardize = values.get("standardize", OPTIONS["standardize"].default)
+    mode = values.get("mode", OPTIONS["mode"].default)
+    return standardize is not None and mode != "hs" and values.get("statistics") is None
 
 
 def split_model_kwargs(model_kwargs: Mapping[str, Any] | None, *, adapter_keys: tuple[str, ...] = (),
