@@ -61,12 +61,18 @@ def attach_embedder(adapter: Any, owner: str, model: str | None, embedder: MoEEm
     return core
 
 
+def text_batch(texts: Any, one_text_method: str = "the query method") -> list[str]:
+    """A batch of texts by the core's input rule; a bare string is refused (both frameworks would iterate it)."""
+    items, single = check_texts(texts)
+    if single:
+        raise TypeError(f"expected a list of strings, got a single str; embed one text with {one_text_method}")
+    return items
+
+
 def embed_texts(embedder: MoEEmbedder, texts: Any, *, mode: str, alpha: float, prompt: str | None,
                 batch_size: int | None, show_progress: bool) -> list[list[float]]:
     """Vectors of ``texts`` (a sequence of strings, checked by the core) in input order, as Python floats."""
-    items, single = check_texts(texts)
-    if single:
-        raise TypeError("expected a list of strings, got a single str; embed one text with the query method")
+    items = text_batch(texts)
     if not items:
         return []
     vectors = embedder.encode(items, mode=mode, alpha=alpha, prompt=prompt, batch_size=batch_size,

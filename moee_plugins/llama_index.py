@@ -9,9 +9,9 @@ import asyncio
 import warnings
 from typing import Any, Literal
 
-from ._adapters import FIELDS, attach_embedder, embed_one, embed_texts
+from ._adapters import FIELDS, attach_embedder, embed_one, embed_texts, text_batch
 from ._extras import require
-from .core import MoEEmbedder, check_texts
+from .core import MoEEmbedder
 
 BaseEmbedding = require("llama_index.core.base.embeddings.base", "llama-index").BaseEmbedding
 _pydantic = require("llama_index.core.bridge.pydantic", "llama-index")
@@ -86,11 +86,7 @@ class MoEEmbedding(BaseEmbedding):
 
     @staticmethod
     def _checked(texts: Any) -> list[str]:
-        items, single = check_texts(texts)
-        if single:
-            raise TypeError("get_text_embedding_batch needs a list of strings, got a single str; "
-                            "use get_text_embedding(text)")
-        return items
+        return text_batch(texts, "get_text_embedding(text)")
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         """One core call for the whole list (LlamaIndex hands over ``embed_batch_size`` texts at a time)."""
