@@ -92,7 +92,7 @@ _SHRINK: dict[str, int] = {
     "mamba_d_state": 8, "ssm_state_size": 8, "mamba_num_heads": 4, "mamba_head_dim": 32, "mamba_n_heads": 4,
     "mamba_d_head": 32, "mamba_dt_rank": 8, "n_groups": 1, "mamba_n_groups": 1, "chunk_size": 16,
     "attention_chunk_size": 16, "sliding_window": 16, "num_nextn_predict_layers": 0, "moe_latent_size": 32,
-    "linear_head_dim": 16, "linear_num_heads": 4, "top_k_experts": 2,
+    "linear_head_dim": 16, "linear_num_heads": 4, "top_k_experts": 2, "num_sliding_attention_heads": 4,
 }
 # per-head widths that a config often ties together (rope head = head_dim in MLA, q/k/v heads alike):
 # when two were equal in the full config they stay equal in the tiny one
@@ -251,6 +251,10 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     # the modelling code's default (time, height, width) RoPE sections [8, 12, 12] fit a 64-wide rotary half only
     "glm4v_moe": {"text_config": {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                                       "rope_type": "default", "mrope_section": [2, 1, 1]}}},
+    # its model builds a sliding-window mask whatever the layer types, so the window must be set (the default has
+    # none); checkpoints interleave sliding and full attention layers, and so does the tiny one
+    "step3p7": {"text_config": {"sliding_window": _SHRINK["sliding_window"],
+                                "layer_types": ["sliding_attention", "full_attention"] * (_TINY_LAYERS // 2)}},
     "glm4v_moe_text": {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default",
                                            "mrope_section": [2, 1, 1]}},
 }
