@@ -280,6 +280,10 @@ def base_model(model: Any) -> Any:
         if isinstance(language, torch.nn.Module) and language is not model:
             model = language
             continue
+        encoder = getattr(model, "encoder", None)  # DiffusionGemma: a causal prompt encoder, read by a diffusion decoder
+        if isinstance(getattr(encoder, "language_model", None), torch.nn.Module) and encoder is not model:
+            model = encoder
+            continue
         prefix = getattr(model, "base_model_prefix", "")
         body = getattr(model, prefix, None) if prefix else None
         if isinstance(body, torch.nn.Module) and body is not model:
