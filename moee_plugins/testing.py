@@ -6,6 +6,7 @@ Every model is built from its transformers config class with random weights, sav
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,10 +151,10 @@ def shrink_config_dict(data: dict[str, Any], layers: int = _TINY_LAYERS) -> dict
             elif key == "per_layer_config" and isinstance(value, dict):
                 out[key] = {f"{position[int(k)]:02d}": shrink_config_dict(v, layers) for k, v in value.items()
                             if int(k) in position}
-    for key, value in data.items():  # MoE that is optional and off by default (gemma4, dots1) is switched on
+    for key, value in data.items():  # MoE that is optional and off by default (gemma4, dots1, doge) is switched on
         if value is None and ("expert" in key or "moe" in key):
             out[key] = _SHRINK.get(key, 2 if "top" in key or "per_tok" in key else 32 if "size" in key else 1)
-        elif value is False and key.startswith(("enable_moe", "use_moe")):
+        elif value is False and key.startswith(("enable_moe", "use_moe", "is_moe")):
             out[key] = True
     _keep_ties(data, out)
     _fit_mrope(out)
@@ -200,6 +201,35 @@ def _keep_ties(data: dict[str, Any], out: dict[str, Any]) -> None:
         out["qk_head_dim"] = sum(out[k] for k in parts)
 
 
+_MODEL_WIDTHS = ("hidden_size", "d_model", "n_embd")
+
+
+def _width_key(key: Any) -> bool:
+    return isinstance(key, str) and key not in _SHRINK and not key.startswith(("num_", "n_")) \
+        and ("hidden" in key or key.endswith(("_dim", "input_size", "output_size")))
+
+
+def _keep_width_ties(default: dict[str, Any], out: dict[str, Any]) -> None:
+    """A width that equals a model width of the full config (an adapter's input, a tower's output projected onto
+    the text embeddings) is that width: it takes the tiny model width too, in every sub-config, so a multimodal
+    config's "must match the text hidden size" checks still hold."""
+    def walk(old: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        yield old, new
+        for key, value in old.items():
+            if isinstance(value, dict) and isinstance(new.get(key), dict):
+                yield from walk(value, new[key])
+
+    shrunk = {old[k]: new[k] for old, new in walk(default, out) for k in _MODEL_WIDTHS
+              if isinstance(old.get(k), int) and isinstance(new.get(k), int) and old[k] != new[k]}
+    if len(set(shrunk.values())) > 1:  # model widths shrunk to different sizes: a tie would be ambiguous
+        return
+    for old, new in walk(default, out):
+        for key, value in old.items():
+            if _width_key(key) and isinstance(value, int) and not isinstance(value, bool) and value in shrunk \
+                    and new.get(key) == value:
+                new[key] = shrunk[value]
+
+
 def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any:
     """A small config of ``model_type``: a hand-written one from :data:`TINY_CONFIGS`, or the type's default
     config shrunk by :func:`shrink_config_dict` (any model type the installed transformers knows)."""
@@ -216,6 +246,7 @@ def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any
         return getattr(transformers, class_name)(**kwargs)
     default = AutoConfig.for_model(model_type).to_dict()
     data = shrink_config_dict(default)
+    _keep_width_ties(default, data)
     for key, value in TINY_OVERRIDES.get(model_type, {}).items():
         data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
     _set_text_sizes(data, vocab_size)
@@ -231,6 +262,8 @@ def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
     for target in targets:
         if "vocab_size" in target or target is not data:
             target["vocab_size"] = vocab_size
+        if "unpadded_vocab_size" in target:  # the tokenizer's vocabulary, before padding to a multiple
+            target["unpadded_vocab_size"] = vocab_size
         for key, value in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 1)):
             if key in target:
                 target[key] = value
@@ -239,6 +272,9 @@ def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
         data[key] = vocab_size - 1 - i
     data["tie_word_embeddings"] = False
 
+
+_QWEN4_INDEXER = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": _SHRINK["head_dim"],
+                  "indexer_budget": 8, "indexer_compress_ratio": 2}
 
 # per-type corrections where the generic shrink is not a valid config
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -255,6 +291,19 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     # none); checkpoints interleave sliding and full attention layers, and so does the tiny one
     "step3p7": {"text_config": {"sliding_window": _SHRINK["sliding_window"],
                                 "layer_types": ["sliding_attention", "full_attention"] * (_TINY_LAYERS // 2)}},
+    # product-key routing: experts are indexed by pairs of sqrt(num_experts) keys, so their number is a square
+    "doge": {"num_experts": 16},
+    # the default text config has no MLP schedule (and no rule to derive one): dense first layer, then MoE,
+    # as in DeepSeek-V2-style language models
+    "deepseek_ocr2": {"text_config": {"mlp_layer_types": ["dense"] + ["sparse"] * (_TINY_LAYERS - 1)}},
+    # the modelling code's default (height, width, time) RoPE sections [22, 22, 20] fit a 64-wide rotary half only:
+    # the same proportions over the tiny head's 8
+    "ernie4_5_vl_moe": {"text_config": {"rope_parameters": {"rope_theta": 500000.0, "rope_type": "default",
+                                                            "mrope_section": [3, 3, 2]}}},
+    # its default layers are indexed (QSA) attention, whose indexer has no default sizes: transformers' own tester
+    # sets them; the index head holds the rotary width, the budget is a few compressed blocks
+    "qwen4_exp": {"text_config": _QWEN4_INDEXER},
+    "qwen4_exp_text": _QWEN4_INDEXER,
     "glm4v_moe_text": {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default",
                                            "mrope_section": [2, 1, 1]}},
 }
