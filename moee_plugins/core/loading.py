@@ -267,6 +267,22 @@ def check_decoder(config: Any) -> None:
             f"{getattr(config, '_name_or_path', '') or model_type} is an encoder-decoder MoE model "
             f"(model_type={model_type!r}); MoEE embeds with decoder-only (causal) MoE language models"
         )
+    check_batch_independent_routing(config)
+
+
+def check_batch_independent_routing(config: Any) -> None:
+    """Refuse MoE models whose modelling code routes a token by looking at the other tokens of the batch.
+
+    Doge's MoE (``is_moe=True``, transformers' ``DogeCDMoE``) reshapes its router logits over all tokens of the
+    batch before picking experts (kept so existing checkpoints give the same outputs), so a text's experts, hence
+    its hidden state, change with the other texts and the padding beside it: no fixed embedding exists.
+    """
+    if getattr(config, "model_type", None) == "doge" and getattr(config, "is_moe", False):
+        raise ValueError(
+            f"{getattr(config, '_name_or_path', '') or 'doge'} is a Doge MoE model (model_type='doge', is_moe=True): "
+            "its router mixes the logits of every token in the batch before choosing experts (transformers' "
+            "DogeCDMoE, kept for checkpoint compatibility), so a text's embedding would depend on its batch"
+        )
 
 
 def base_model(model: Any) -> Any:
