@@ -94,13 +94,14 @@ _SHRINK: dict[str, int] = {
     "mamba_d_head": 32, "mamba_dt_rank": 8, "n_groups": 1, "mamba_n_groups": 1, "chunk_size": 16,
     "attention_chunk_size": 16, "sliding_window": 16, "num_nextn_predict_layers": 0, "moe_latent_size": 32,
     "linear_head_dim": 16, "linear_num_heads": 4, "top_k_experts": 2, "num_sliding_attention_heads": 4,
+    "encoder_attention_heads": 4, "encoder_ffn_dim": 64,
 }
 # per-head widths that a config often ties together (rope head = head_dim in MLA, q/k/v heads alike):
 # when two were equal in the full config they stay equal in the tiny one
 _HEAD_DIMS = ("head_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "kv_channels", "linear_key_head_dim",
               "linear_value_head_dim", "index_head_dim", "linear_head_dim", "mamba_head_dim")
 _GROUP_KEYS = ("n_group", "num_expert_group", "moe_num_groups", "n_expert_groups")
-_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "encoder_layers")
 _TINY_LAYERS = 4
 _VISION = ("vision", "audio", "encoder_config", "talker", "code2wav")
 
@@ -247,13 +248,27 @@ def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any
     default = AutoConfig.for_model(model_type).to_dict()
     data = shrink_config_dict(default)
     _keep_width_ties(default, data)
-    for key, value in TINY_OVERRIDES.get(model_type, {}).items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    _apply_overrides(data, TINY_OVERRIDES.get(model_type, {}))
     _set_text_sizes(data, vocab_size)
     data.update(overrides)
     data.pop("transformers_version", None)
     config_class = type(AutoConfig.for_model(model_type))
     return config_class.from_dict(data)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``overrides`` laid over ``data``: a dict value updates the dict there (a sub-config's own sub-configs,
+    ``*_config``, are updated the same way, one key at a time); anything else replaces it."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = dict(data[key])
+            for inner, inner_value in value.items():
+                if inner.endswith("_config") and isinstance(inner_value, dict) and isinstance(data[key].get(inner), dict):
+                    _apply_overrides(data[key], {inner: inner_value})
+                else:
+                    data[key][inner] = inner_value
+        else:
+            data[key] = value
 
 
 def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
@@ -293,6 +308,9 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
                                 "layer_types": ["sliding_attention", "full_attention"] * (_TINY_LAYERS // 2)}},
     # product-key routing: experts are indexed by pairs of sqrt(num_experts) keys, so their number is a square
     "doge": {"num_experts": 16},
+    # its talker (speech) builds a shared expert and merges vision patches with sizes its default config lacks
+    # (checkpoints set them); text embedding never runs it, but the whole checkpoint must load
+    "qwen3_omni_moe": {"talker_config": {"spatial_merge_size": 2, "text_config": {"shared_expert_intermediate_size": 32}}},
     # the default text config has no MLP schedule (and no rule to derive one): dense first layer, then MoE,
     # as in DeepSeek-V2-style language models
     "deepseek_ocr2": {"text_config": {"mlp_layer_types": ["dense"] + ["sparse"] * (_TINY_LAYERS - 1)}},
@@ -311,13 +329,14 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
 
 def checkpoint_class(model_type: str) -> Any:
     """The Auto class a hub checkpoint of this type is saved with: causal LM, else image-text-to-text
-    (multimodal), else sequence-to-sequence, else the bare model."""
+    (multimodal), else sequence-to-sequence, else multimodal LM (Qwen3-Omni), else the bare model."""
     import transformers
     from transformers.models.auto import modeling_auto
 
     for mapping, auto in (("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
                           ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "AutoModelForImageTextToText"),
                           ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
+                          ("MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", "AutoModelForMultimodalLM"),
                           ("MODEL_MAPPING_NAMES", "AutoModel")):
         if model_type in getattr(modeling_auto, mapping, {}):
             return getattr(transformers, auto)
@@ -435,8 +454,7 @@ def conformance_check(model_type: str, directory: str | Path) -> dict[str, Any]:
     try:
         checkpoint_class(model_type)
     except ValueError:
-        return {**row, "status": "unsupported", "stage": "classify",
-                "reason": "sub-model config: transformers maps no model class to it (not a checkpoint of its own)"}
+        return {**row, "status": "unsupported", "stage": "classify", "reason": _no_model_class_reason(model_type)}
     try:
         path = build_tiny_moe(Path(directory) / model_type, model_type)
     except Exception as exc:
@@ -482,6 +500,19 @@ def conformance_check(model_type: str, directory: str | Path) -> dict[str, Any]:
     if problems:
         return {**row, "status": "failed", "stage": "check", "reason": "; ".join(problems)}
     return {**row, "status": "supported"}
+
+
+def _no_model_class_reason(model_type: str) -> str:
+    """Why a type with no model class is not a checkpoint of its own: which composite config holds it."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES, model_type_to_module_name
+
+    config_class, module = CONFIG_MAPPING[model_type], model_type_to_module_name(model_type)
+    holders = [f"`{key}` of `{parent}`" for parent in CONFIG_MAPPING_NAMES
+               if parent != model_type and model_type_to_module_name(parent) == module
+               for key, sub in (getattr(CONFIG_MAPPING[parent], "sub_configs", None) or {}).items() if sub is config_class]
+    where = f"the {', '.join(holders)} ({config_class.__name__})" if holders else config_class.__name__
+    return (f"transformers maps no model class to it: its config is {where}, built and embedded through the "
+            "checkpoint type that holds it; no Auto class loads it on its own")
 
 
 def _reason(exc: BaseException) -> str:

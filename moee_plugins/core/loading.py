@@ -150,12 +150,26 @@ def _quiet_transformers():
         hf_logging.set_verbosity(previous)
 
 
+# Auto classes tried, in order, for a checkpoint type that AutoModel does not map (Qwen3-Omni's whole model is
+# mapped only as a multimodal LM): the one that loads it keeps its heads, which base_model() then drops
+_AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+
+
+def auto_class_for(config: Any) -> Any:
+    """The transformers Auto class that can build this config's model (AutoModel whenever it can)."""
+    import transformers
+
+    for name in _AUTO_CLASSES:
+        auto = getattr(transformers, name, None)
+        if auto is not None and type(config) in auto._model_mapping:
+            return auto
+    return transformers.AutoModel  # remote code (auto_map) or an unknown type: AutoModel says what is wrong
+
+
 def router_module_names(config: Any, trust_remote_code: bool) -> list[str]:
     """Names of the router modules, found on a weightless (meta) copy of the model."""
-    from transformers import AutoModel
-
     with torch.device("meta"), _quiet_transformers():
-        skeleton = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        skeleton = auto_class_for(config).from_config(config, trust_remote_code=trust_remote_code)
     return [site.name for site in find_router_sites(skeleton)]
 
 
@@ -190,7 +204,7 @@ def load_model(
     model_kwargs: dict[str, Any],
 ) -> Any:
     """The base model (``AutoModel``) in eval mode, on ``device`` unless a ``device_map`` places it."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     if ref.alias is not None and ref.alias.requires_remote_code and not trust_remote_code:
         raise _remote_code_error(ref)
@@ -221,7 +235,10 @@ def load_model(
     kwargs.setdefault("dtype", dtype)
     logger.info("loading base model %s (%s)", ref.path, kwargs["dtype"])
     with _quiet_transformers():
-        model = AutoModel.from_pretrained(ref.path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+        if getattr(config, "enable_audio_output", False):  # Qwen3-Omni: text embeddings never need its speech half
+            config.enable_audio_output = False
+        model = auto_class_for(config).from_pretrained(ref.path, config=config, trust_remote_code=trust_remote_code,
+                                                       **kwargs)
     model = base_model(model)  # a multimodal checkpoint loads whole; only its language model is kept
     if kwargs.get("device_map") is None and quantization is None:
         model = model.to(device)
@@ -292,6 +309,10 @@ def base_model(model: Any) -> Any:
     seen: set[int] = set()
     while id(model) not in seen:
         seen.add(id(model))
+        thinker = getattr(model, "thinker", None)  # Qwen3-Omni: the thinker writes the text, the talker speaks it
+        if isinstance(thinker, torch.nn.Module) and thinker is not model:
+            model = thinker
+            continue
         language = getattr(model, "language_model", None)
         if isinstance(language, torch.nn.Module) and language is not model:
             model = language
