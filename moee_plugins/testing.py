@@ -569,6 +569,12 @@ _MATRIX_NOTES = """## Notes
   through their language model, the vision tower never runs.
 - **Encoder-decoder MoE** (`switch_transformers`, `nllb-moe`) is refused with a `ValueError` naming the model kind:
   MoEE reads a causal decoder's last token, and their routers drop tokens over a batch-dependent capacity.
+- **Doge MoE** (`doge` with `is_moe=True`) is refused with a `ValueError`: its router mixes the logits of every
+  token in the batch before choosing experts (transformers keeps this for checkpoint compatibility).
+- **Qwen3-Omni** loads whole and embeds through its thinker's language model (the speech half is not loaded);
+  **DiffusionGemma** through its causal prompt encoder (the diffusion decoder never runs).
+- **Router sizes** come from the logits each router returns on a two-token probe, not its weight rows (Inkling's
+  weight also scores shared experts; Zaya's logits add a skip expert).
 - **Sub-model configs** (a multimodal checkpoint's vision or audio tower) are listed, not skipped: they are not
   text models of their own.
 - **Scoring**: `softmax` or `sigmoid`, what `routing="probs"` applies; `routing="logits"` reads raw scores.
