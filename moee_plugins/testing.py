@@ -6,6 +6,7 @@ Every model is built from its transformers config class with random weights, sav
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +93,15 @@ _SHRINK: dict[str, int] = {
     "mamba_d_state": 8, "ssm_state_size": 8, "mamba_num_heads": 4, "mamba_head_dim": 32, "mamba_n_heads": 4,
     "mamba_d_head": 32, "mamba_dt_rank": 8, "n_groups": 1, "mamba_n_groups": 1, "chunk_size": 16,
     "attention_chunk_size": 16, "sliding_window": 16, "num_nextn_predict_layers": 0, "moe_latent_size": 32,
-    "linear_head_dim": 16, "linear_num_heads": 4, "top_k_experts": 2,
+    "linear_head_dim": 16, "linear_num_heads": 4, "top_k_experts": 2, "num_sliding_attention_heads": 4,
+    "encoder_attention_heads": 4, "encoder_ffn_dim": 64,
 }
 # per-head widths that a config often ties together (rope head = head_dim in MLA, q/k/v heads alike):
 # when two were equal in the full config they stay equal in the tiny one
 _HEAD_DIMS = ("head_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "kv_channels", "linear_key_head_dim",
               "linear_value_head_dim", "index_head_dim", "linear_head_dim", "mamba_head_dim")
 _GROUP_KEYS = ("n_group", "num_expert_group", "moe_num_groups", "n_expert_groups")
-_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "encoder_layers")
 _TINY_LAYERS = 4
 _VISION = ("vision", "audio", "encoder_config", "talker", "code2wav")
 
@@ -150,10 +152,10 @@ def shrink_config_dict(data: dict[str, Any], layers: int = _TINY_LAYERS) -> dict
             elif key == "per_layer_config" and isinstance(value, dict):
                 out[key] = {f"{position[int(k)]:02d}": shrink_config_dict(v, layers) for k, v in value.items()
                             if int(k) in position}
-    for key, value in data.items():  # MoE that is optional and off by default (gemma4, dots1) is switched on
+    for key, value in data.items():  # MoE that is optional and off by default (gemma4, dots1, doge) is switched on
         if value is None and ("expert" in key or "moe" in key):
             out[key] = _SHRINK.get(key, 2 if "top" in key or "per_tok" in key else 32 if "size" in key else 1)
-        elif value is False and key.startswith(("enable_moe", "use_moe")):
+        elif value is False and key.startswith(("enable_moe", "use_moe", "is_moe")):
             out[key] = True
     _keep_ties(data, out)
     _fit_mrope(out)
@@ -200,6 +202,35 @@ def _keep_ties(data: dict[str, Any], out: dict[str, Any]) -> None:
         out["qk_head_dim"] = sum(out[k] for k in parts)
 
 
+_MODEL_WIDTHS = ("hidden_size", "d_model", "n_embd")
+
+
+def _width_key(key: Any) -> bool:
+    return isinstance(key, str) and key not in _SHRINK and not key.startswith(("num_", "n_")) \
+        and ("hidden" in key or key.endswith(("_dim", "input_size", "output_size")))
+
+
+def _keep_width_ties(default: dict[str, Any], out: dict[str, Any]) -> None:
+    """A width that equals a model width of the full config (an adapter's input, a tower's output projected onto
+    the text embeddings) is that width: it takes the tiny model width too, in every sub-config, so a multimodal
+    config's "must match the text hidden size" checks still hold."""
+    def walk(old: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        yield old, new
+        for key, value in old.items():
+            if isinstance(value, dict) and isinstance(new.get(key), dict):
+                yield from walk(value, new[key])
+
+    shrunk = {old[k]: new[k] for old, new in walk(default, out) for k in _MODEL_WIDTHS
+              if isinstance(old.get(k), int) and isinstance(new.get(k), int) and old[k] != new[k]}
+    if len(set(shrunk.values())) > 1:  # model widths shrunk to different sizes: a tie would be ambiguous
+        return
+    for old, new in walk(default, out):
+        for key, value in old.items():
+            if _width_key(key) and isinstance(value, int) and not isinstance(value, bool) and value in shrunk \
+                    and new.get(key) == value:
+                new[key] = shrunk[value]
+
+
 def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any:
     """A small config of ``model_type``: a hand-written one from :data:`TINY_CONFIGS`, or the type's default
     config shrunk by :func:`shrink_config_dict` (any model type the installed transformers knows)."""
@@ -216,13 +247,28 @@ def tiny_config(model_type: str, vocab_size: int = 600, **overrides: Any) -> Any
         return getattr(transformers, class_name)(**kwargs)
     default = AutoConfig.for_model(model_type).to_dict()
     data = shrink_config_dict(default)
-    for key, value in TINY_OVERRIDES.get(model_type, {}).items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    _keep_width_ties(default, data)
+    _apply_overrides(data, TINY_OVERRIDES.get(model_type, {}))
     _set_text_sizes(data, vocab_size)
     data.update(overrides)
     data.pop("transformers_version", None)
     config_class = type(AutoConfig.for_model(model_type))
     return config_class.from_dict(data)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``overrides`` laid over ``data``: a dict value updates the dict there (a sub-config's own sub-configs,
+    ``*_config``, are updated the same way, one key at a time); anything else replaces it."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = dict(data[key])
+            for inner, inner_value in value.items():
+                if inner.endswith("_config") and isinstance(inner_value, dict) and isinstance(data[key].get(inner), dict):
+                    _apply_overrides(data[key], {inner: inner_value})
+                else:
+                    data[key][inner] = inner_value
+        else:
+            data[key] = value
 
 
 def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
@@ -231,6 +277,8 @@ def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
     for target in targets:
         if "vocab_size" in target or target is not data:
             target["vocab_size"] = vocab_size
+        if "unpadded_vocab_size" in target:  # the tokenizer's vocabulary, before padding to a multiple
+            target["unpadded_vocab_size"] = vocab_size
         for key, value in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 1)):
             if key in target:
                 target[key] = value
@@ -239,6 +287,9 @@ def _set_text_sizes(data: dict[str, Any], vocab_size: int) -> None:
         data[key] = vocab_size - 1 - i
     data["tie_word_embeddings"] = False
 
+
+_QWEN4_INDEXER = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": _SHRINK["head_dim"],
+                  "indexer_budget": 8, "indexer_compress_ratio": 2}
 
 # per-type corrections where the generic shrink is not a valid config
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -251,6 +302,26 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     # the modelling code's default (time, height, width) RoPE sections [8, 12, 12] fit a 64-wide rotary half only
     "glm4v_moe": {"text_config": {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                                       "rope_type": "default", "mrope_section": [2, 1, 1]}}},
+    # its model builds a sliding-window mask whatever the layer types, so the window must be set (the default has
+    # none); checkpoints interleave sliding and full attention layers, and so does the tiny one
+    "step3p7": {"text_config": {"sliding_window": _SHRINK["sliding_window"],
+                                "layer_types": ["sliding_attention", "full_attention"] * (_TINY_LAYERS // 2)}},
+    # product-key routing: experts are indexed by pairs of sqrt(num_experts) keys, so their number is a square
+    "doge": {"num_experts": 16},
+    # its talker (speech) builds a shared expert and merges vision patches with sizes its default config lacks
+    # (checkpoints set them); text embedding never runs it, but the whole checkpoint must load
+    "qwen3_omni_moe": {"talker_config": {"spatial_merge_size": 2, "text_config": {"shared_expert_intermediate_size": 32}}},
+    # the default text config has no MLP schedule (and no rule to derive one): dense first layer, then MoE,
+    # as in DeepSeek-V2-style language models
+    "deepseek_ocr2": {"text_config": {"mlp_layer_types": ["dense"] + ["sparse"] * (_TINY_LAYERS - 1)}},
+    # the modelling code's default (height, width, time) RoPE sections [22, 22, 20] fit a 64-wide rotary half only:
+    # the same proportions over the tiny head's 8
+    "ernie4_5_vl_moe": {"text_config": {"rope_parameters": {"rope_theta": 500000.0, "rope_type": "default",
+                                                            "mrope_section": [3, 3, 2]}}},
+    # its default layers are indexed (QSA) attention, whose indexer has no default sizes: transformers' own tester
+    # sets them; the index head holds the rotary width, the budget is a few compressed blocks
+    "qwen4_exp": {"text_config": _QWEN4_INDEXER},
+    "qwen4_exp_text": _QWEN4_INDEXER,
     "glm4v_moe_text": {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default",
                                            "mrope_section": [2, 1, 1]}},
 }
@@ -258,13 +329,14 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
 
 def checkpoint_class(model_type: str) -> Any:
     """The Auto class a hub checkpoint of this type is saved with: causal LM, else image-text-to-text
-    (multimodal), else sequence-to-sequence, else the bare model."""
+    (multimodal), else sequence-to-sequence, else multimodal LM (Qwen3-Omni), else the bare model."""
     import transformers
     from transformers.models.auto import modeling_auto
 
     for mapping, auto in (("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
                           ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "AutoModelForImageTextToText"),
                           ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
+                          ("MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", "AutoModelForMultimodalLM"),
                           ("MODEL_MAPPING_NAMES", "AutoModel")):
         if model_type in getattr(modeling_auto, mapping, {}):
             return getattr(transformers, auto)
@@ -382,8 +454,7 @@ def conformance_check(model_type: str, directory: str | Path) -> dict[str, Any]:
     try:
         checkpoint_class(model_type)
     except ValueError:
-        return {**row, "status": "unsupported", "stage": "classify",
-                "reason": "sub-model config: transformers maps no model class to it (not a checkpoint of its own)"}
+        return {**row, "status": "unsupported", "stage": "classify", "reason": _no_model_class_reason(model_type)}
     try:
         path = build_tiny_moe(Path(directory) / model_type, model_type)
     except Exception as exc:
@@ -429,6 +500,19 @@ def conformance_check(model_type: str, directory: str | Path) -> dict[str, Any]:
     if problems:
         return {**row, "status": "failed", "stage": "check", "reason": "; ".join(problems)}
     return {**row, "status": "supported"}
+
+
+def _no_model_class_reason(model_type: str) -> str:
+    """Why a type with no model class is not a checkpoint of its own: which composite config holds it."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES, model_type_to_module_name
+
+    config_class, module = CONFIG_MAPPING[model_type], model_type_to_module_name(model_type)
+    holders = [f"`{key}` of `{parent}`" for parent in CONFIG_MAPPING_NAMES
+               if parent != model_type and model_type_to_module_name(parent) == module
+               for key, sub in (getattr(CONFIG_MAPPING[parent], "sub_configs", None) or {}).items() if sub is config_class]
+    where = f"the {', '.join(holders)} ({config_class.__name__})" if holders else config_class.__name__
+    return (f"transformers maps no model class to it: its config is {where}, built and embedded through the "
+            "checkpoint type that holds it; no Auto class loads it on its own")
 
 
 def _reason(exc: BaseException) -> str:
@@ -485,6 +569,12 @@ _MATRIX_NOTES = """## Notes
   through their language model, the vision tower never runs.
 - **Encoder-decoder MoE** (`switch_transformers`, `nllb-moe`) is refused with a `ValueError` naming the model kind:
   MoEE reads a causal decoder's last token, and their routers drop tokens over a batch-dependent capacity.
+- **Doge MoE** (`doge` with `is_moe=True`) is refused with a `ValueError`: its router mixes the logits of every
+  token in the batch before choosing experts (transformers keeps this for checkpoint compatibility).
+- **Qwen3-Omni** loads whole and embeds through its thinker's language model (the speech half is not loaded);
+  **DiffusionGemma** through its causal prompt encoder (the diffusion decoder never runs).
+- **Router sizes** come from the logits each router returns on a two-token probe, not its weight rows (Inkling's
+  weight also scores shared experts; Zaya's logits add a skip expert).
 - **Sub-model configs** (a multimodal checkpoint's vision or audio tower) are listed, not skipped: they are not
   text models of their own.
 - **Scoring**: `softmax` or `sigmoid`, what `routing="probs"` applies; `routing="logits"` reads raw scores.

@@ -65,3 +65,10 @@ def test_an_encoder_decoder_moe_is_refused_naming_its_kind(tmp_path):
     path = build_tiny_moe(tmp_path / "switch", "switch_transformers")
     with pytest.raises(ValueError, match=r"encoder-decoder MoE model \(model_type='switch_transformers'\).*decoder-only"):
         MoEEmbedder(str(path), device="cpu")
+
+
+def test_a_moe_whose_router_mixes_the_batch_is_refused_naming_why(tmp_path):
+    path = build_tiny_moe(tmp_path / "doge", "doge")
+    assert json.loads((path / "config.json").read_text())["is_moe"] is True
+    with pytest.raises(ValueError, match=r"Doge MoE model .*mixes the logits of every token in the batch"):
+        MoEEmbedder(str(path), device="cpu")

@@ -42,7 +42,7 @@ from .pipeline import (
 from .pooling import pool
 from .prompts import PromptTemplate, instruction_template, resolve_prompt
 from .reduction import Reduction, check_dimensions
-from .routers import RoutingCapture, find_router_sites, select_sites
+from .routers import RoutingCapture, find_router_sites, select_sites, sized_from_logits
 from .standardize import Statistics, calibration_sentences
 
 logger = logging.getLogger("moee_plugins")
@@ -229,7 +229,7 @@ class MoEEmbedder:
 
     def _attach_model(self) -> None:
         """Everything derived from the loaded model (router sites hold closures: rebuilt after unpickling)."""
-        self.sites = select_sites(find_router_sites(self.model), self.layers)
+        self.sites = sized_from_logits(self.model, select_sites(find_router_sites(self.model), self.layers))
         self.layout = self._layout()
         self.hidden_dim = int(self.model.config.hidden_size)
         self.routing_dim = self.layout[-1].stop

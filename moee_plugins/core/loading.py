@@ -150,12 +150,26 @@ def _quiet_transformers():
         hf_logging.set_verbosity(previous)
 
 
+# Auto classes tried, in order, for a checkpoint type that AutoModel does not map (Qwen3-Omni's whole model is
+# mapped only as a multimodal LM): the one that loads it keeps its heads, which base_model() then drops
+_AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+
+
+def auto_class_for(config: Any) -> Any:
+    """The transformers Auto class that can build this config's model (AutoModel whenever it can)."""
+    import transformers
+
+    for name in _AUTO_CLASSES:
+        auto = getattr(transformers, name, None)
+        if auto is not None and type(config) in auto._model_mapping:
+            return auto
+    return transformers.AutoModel  # remote code (auto_map) or an unknown type: AutoModel says what is wrong
+
+
 def router_module_names(config: Any, trust_remote_code: bool) -> list[str]:
     """Names of the router modules, found on a weightless (meta) copy of the model."""
-    from transformers import AutoModel
-
     with torch.device("meta"), _quiet_transformers():
-        skeleton = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        skeleton = auto_class_for(config).from_config(config, trust_remote_code=trust_remote_code)
     return [site.name for site in find_router_sites(skeleton)]
 
 
@@ -190,7 +204,7 @@ def load_model(
     model_kwargs: dict[str, Any],
 ) -> Any:
     """The base model (``AutoModel``) in eval mode, on ``device`` unless a ``device_map`` places it."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     if ref.alias is not None and ref.alias.requires_remote_code and not trust_remote_code:
         raise _remote_code_error(ref)
@@ -221,7 +235,10 @@ def load_model(
     kwargs.setdefault("dtype", dtype)
     logger.info("loading base model %s (%s)", ref.path, kwargs["dtype"])
     with _quiet_transformers():
-        model = AutoModel.from_pretrained(ref.path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+        if getattr(config, "enable_audio_output", False):  # Qwen3-Omni: text embeddings never need its speech half
+            config.enable_audio_output = False
+        model = auto_class_for(config).from_pretrained(ref.path, config=config, trust_remote_code=trust_remote_code,
+                                                       **kwargs)
     model = base_model(model)  # a multimodal checkpoint loads whole; only its language model is kept
     if kwargs.get("device_map") is None and quantization is None:
         model = model.to(device)
@@ -267,6 +284,22 @@ def check_decoder(config: Any) -> None:
             f"{getattr(config, '_name_or_path', '') or model_type} is an encoder-decoder MoE model "
             f"(model_type={model_type!r}); MoEE embeds with decoder-only (causal) MoE language models"
         )
+    check_batch_independent_routing(config)
+
+
+def check_batch_independent_routing(config: Any) -> None:
+    """Refuse MoE models whose modelling code routes a token by looking at the other tokens of the batch.
+
+    Doge's MoE (``is_moe=True``, transformers' ``DogeCDMoE``) reshapes its router logits over all tokens of the
+    batch before picking experts (kept so existing checkpoints give the same outputs), so a text's experts, hence
+    its hidden state, change with the other texts and the padding beside it: no fixed embedding exists.
+    """
+    if getattr(config, "model_type", None) == "doge" and getattr(config, "is_moe", False):
+        raise ValueError(
+            f"{getattr(config, '_name_or_path', '') or 'doge'} is a Doge MoE model (model_type='doge', is_moe=True): "
+            "its router mixes the logits of every token in the batch before choosing experts (transformers' "
+            "DogeCDMoE, kept for checkpoint compatibility), so a text's embedding would depend on its batch"
+        )
 
 
 def base_model(model: Any) -> Any:
@@ -276,9 +309,17 @@ def base_model(model: Any) -> Any:
     seen: set[int] = set()
     while id(model) not in seen:
         seen.add(id(model))
+        thinker = getattr(model, "thinker", None)  # Qwen3-Omni: the thinker writes the text, the talker speaks it
+        if isinstance(thinker, torch.nn.Module) and thinker is not model:
+            model = thinker
+            continue
         language = getattr(model, "language_model", None)
         if isinstance(language, torch.nn.Module) and language is not model:
             model = language
+            continue
+        encoder = getattr(model, "encoder", None)  # DiffusionGemma: a causal prompt encoder, read by a diffusion decoder
+        if isinstance(getattr(encoder, "language_model", None), torch.nn.Module) and encoder is not model:
+            model = encoder
             continue
         prefix = getattr(model, "base_model_prefix", "")
         body = getattr(model, prefix, None) if prefix else None

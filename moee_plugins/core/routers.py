@@ -11,10 +11,11 @@ modules whose weight has one row per expert; their logits are recomputed from th
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,12 +27,16 @@ from .pooling import pool
 ROUTING_KINDS = ("logits", "probs")
 
 # model types whose routers score experts with a sigmoid (everything else uses a softmax)
-SIGMOID_MODEL_TYPES = frozenset({"deepseek_v3", "glm4_moe", "glm4v_moe", "llama4", "llama4_text", "dots1"})
+SIGMOID_MODEL_TYPES = frozenset({"deepseek_v3", "glm4_moe", "glm4v_moe", "llama4", "llama4_text", "dots1",
+                                 "inkling", "inkling_text"})
 
 # class names of remote-code routers that return no logits; logits are recomputed from their input
 _INPUT_ROUTER_CLASS_NAMES = frozenset({"MoEGate"})
 _ROUTER_NAME_PATTERN = re.compile(r"(router|gate|gating)$", re.IGNORECASE)
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_PROBE_TOKENS = 2
+
+logger = logging.getLogger(__name__)
 
 Extractor = Callable[[nn.Module, tuple[Any, ...], Any], torch.Tensor]
 
@@ -169,6 +174,48 @@ def find_router_sites(model: nn.Module) -> list[RouterSite]:
         )
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(sites, key=lambda s: (s.layer, order[s.name]))
+
+
+def sized_from_logits(model: nn.Module, sites: list[RouterSite]) -> list[RouterSite]:
+    """``sites`` with each router sized from the logits it returns on a two-token probe forward pass.
+
+    A router's weight does not always have one row per scored expert: Inkling's weight also scores its shared
+    experts but returns only the routed logits, and Zaya's router is an MLP whose logits add a skip expert
+    to its experts. Only what the hook will read counts. If the probe itself fails, the weight sizes are kept
+    (the real forward pass then reports the model's own error).
+    """
+    measured: dict[str, int] = {}
+
+    def recorder(site: RouterSite) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            logits = site.extract(module, inputs, output)
+            if isinstance(logits, torch.Tensor) and logits.numel() % _PROBE_TOKENS == 0:
+                measured.setdefault(site.name, logits.numel() // _PROBE_TOKENS)
+
+        return hook
+
+    try:
+        device = model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        device = next(model.parameters()).device
+    input_ids = torch.ones((1, _PROBE_TOKENS), dtype=torch.long, device=device)
+    handles = [site.module.register_forward_hook(recorder(site)) for site in sites]
+    try:
+        with torch.inference_mode():
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                  position_ids=torch.arange(_PROBE_TOKENS, device=device)[None], use_cache=False)
+    except Exception as exc:  # the probe only refines sizes; the real forward reports the error
+        logger.debug("router size probe failed (%s: %s); router weight sizes kept", type(exc).__name__, exc)
+        return sites
+    finally:
+        for handle in handles:
+            handle.remove()
+    resized = [replace(site, num_experts=measured.get(site.name, site.num_experts)) for site in sites]
+    for old, new in zip(sites, resized, strict=True):
+        if old.num_experts != new.num_experts:
+            logger.info("router %s: weight has %d rows, logits score %d experts", old.name, old.num_experts,
+                        new.num_experts)
+    return resized
 
 
 def select_sites(sites: list[RouterSite], layers: list[int] | None) -> list[RouterSite]:
