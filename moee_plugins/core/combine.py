@@ -90,6 +90,15 @@ def combine(
     return out
 
 
+def finite_rows(vectors: np.ndarray) -> np.ndarray:
+    """Whether each row is all finite, checked a block at a time (no N x dim temporary, so the check's memory does
+    not grow with the corpus)."""
+    out = np.empty(len(vectors), dtype=bool)
+    for start in range(0, len(vectors), _BLOCK_ROWS):
+        out[start : start + _BLOCK_ROWS] = np.isfinite(vectors[start : start + _BLOCK_ROWS]).all(axis=1)
+    return out
+
+
 def similarity(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
     """The similarity each mode is defined with: for ``sum`` the dot product, i.e. the paper's fused score
     (cos(HS) + alpha cos(RW)) / (1 + alpha) (self-similarity 1); cosine for the other modes."""

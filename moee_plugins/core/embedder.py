@@ -20,7 +20,7 @@ from .. import __version__
 from ..aliases import ModelAlias
 from . import options as opts
 from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
-from .combine import MODES, Standardizer, combine, combine_tensors, similarity, standardizer
+from .combine import MODES, Standardizer, combine, combine_tensors, finite_rows, similarity, standardizer
 from .loading import (
     base_model,
     input_device,
@@ -373,7 +373,7 @@ class MoEEmbedder:
         self._check_dimensions(dimensions, mode, alpha)
         vectors = combine(parts.hidden, parts.routing, mode, alpha=alpha, statistics=self._statistics_for(mode),
                           normalize=self.normalize)
-        self._check_vectors(np.isfinite(vectors).all(axis=1))
+        self._check_vectors(finite_rows(vectors))
         return vectors if dimensions is None else self.reduction.apply(vectors, dimensions)
     # ------------------------------------------------------------------ compact vectors
     def fit_reduction(self, texts: Sequence[str], dimensions: int | Sequence[int], *, batch_size: int | None = None,
@@ -686,7 +686,7 @@ class MoEEmbedder:
 
     @staticmethod
     def _check_finite(hidden: np.ndarray, routing: np.ndarray) -> None:
-        MoEEmbedder._check_finite_rows(np.isfinite(hidden).all(axis=1) & np.isfinite(routing).all(axis=1))
+        MoEEmbedder._check_finite_rows(finite_rows(hidden) & finite_rows(routing))
 
     @staticmethod
     def _check_finite_rows(finite: np.ndarray) -> None:
