@@ -282,7 +282,7 @@ def fixed_batches_tokens(lengths: Sequence[int], batch_size: int) -> int:
 
 
 def planned_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | None,
-                   texts: Sequence[str] | None = None) -> tuple[int, int]:
+                   texts: Sequence[str] | None = None, batch_cost: int | None = None) -> tuple[int, int]:
     """(processed tokens, batches) of ours' length-sorted plan; with ``texts``, planned chunk by chunk as
     ``encode`` does (``moee_plugins.core.pipeline.chunk_spans``), else over the whole corpus at once."""
     from moee_plugins.core.batching import plan_batches
@@ -291,7 +291,7 @@ def planned_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     processed = batches = 0
     for start, stop in chunk_spans(texts) if texts is not None else [(0, len(lengths))]:
         chunk = list(lengths[start:stop])
-        plan = plan_batches(chunk, batch_size, max_tokens)
+        plan = plan_batches(chunk, batch_size, max_tokens, batch_cost=batch_cost)
         processed += sum(len(batch) * chunk[batch[0]] for batch in plan)
         batches += len(plan)
     return processed, batches

@@ -48,7 +48,8 @@ def main() -> int:
         candidates["defaults"] = lambda: defaults.encode(texts, show_progress_bar=False)
         defaults.encode(texts[:8], show_progress_bar=False)
         d_lengths = [len(row) for row in defaults.tokenize(texts)]
-        d_processed, d_batches = c.planned_tokens(d_lengths, defaults.batch_size, defaults._token_budget())
+        d_processed, d_batches = c.planned_tokens(d_lengths, defaults.batch_size, defaults._token_budget(),
+                                                 batch_cost=defaults._batch_cost())
         c.emit(f"defaults: row cap {defaults.batch_size}, max_tokens_per_batch={defaults.max_tokens_per_batch!r} "
                f"-> {defaults._token_budget()} padded tokens; {d_batches} batches, {d_processed:,} processed tokens")
 

@@ -171,3 +171,70 @@ def test_explicit_settings_keep_their_results(tiny_embedder):
     before = sibling(tiny_embedder, batch_size=32, max_tokens_per_batch=None).encode(corpus)
     assert np.abs(sibling(tiny_embedder).encode(corpus) - before).max() < 1e-4
     assert np.abs(sibling(tiny_embedder, batch_size=4, max_tokens_per_batch=64).encode(corpus) - before).max() < 1e-4
+
+
+def _plan_cost(lengths: list[int], plan: list[list[int]], batch_cost: int) -> int:
+    return sum(len(batch) * max(lengths[i] for i in batch) + batch_cost for batch in plan)
+
+
+def _check_plan(lengths: list[int], plan: list[list[int]], rows: int, budget: int) -> None:
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))  # every row once
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    assert [i for batch in plan for i in batch] == order  # cuts of the same length-sorted order
+    for batch in plan:
+        assert len(batch) <= rows
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_cheapest_plan_is_the_optimum_of_every_cut_of_the_sorted_order(seed):
+    rng = np.random.default_rng(seed)
+    lengths = [int(x) for x in rng.integers(1, 40, size=int(rng.integers(1, 11)))]
+    rows, budget, cost = int(rng.integers(1, 6)), int(rng.integers(20, 120)), int(rng.integers(0, 60))
+    plan = plan_batches(lengths, rows, budget, batch_cost=cost)
+    _check_plan(lengths, plan, rows, budget)
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = None
+    for mask in range(1 << (len(lengths) - 1)):  # every way to cut the sorted order into batches
+        cuts = [0, *[k + 1 for k in range(len(lengths) - 1) if mask >> k & 1], len(lengths)]
+        candidate = [order[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        if all(len(b) <= rows and (len(b) == 1 or len(b) * lengths[b[0]] <= budget) for b in candidate):
+            value = _plan_cost(lengths, candidate, cost)
+            best = value if best is None else min(best, value)
+    assert _plan_cost(lengths, plan, cost) == best
+
+
+def test_the_cheapest_plan_pads_less_than_filling_each_batch_with_no_more_batches():
+    rng = np.random.default_rng(7)
+    lengths = [int(x) for x in np.clip(rng.lognormal(np.log(60), 0.8, 400), 12, 500)]
+    greedy = plan_batches(lengths, 1024, 2048)
+    cheapest = plan_batches(lengths, 1024, 2048, batch_cost=2048 * 16)  # a batch dearer than any padding
+    _check_plan(lengths, cheapest, 1024, 2048)
+    assert len(cheapest) == len(greedy)  # as few batches as filling them ...
+    padded = [sum(len(b) * max(lengths[i] for i in b) for b in plan) for plan in (greedy, cheapest)]
+    assert padded[1] < padded[0]  # ... and less padding: cuts where the lengths drop
+    with pytest.raises(ValueError, match="batch_cost must be >= 0"):
+        plan_batches(lengths, 8, 64, batch_cost=-1)
+
+
+def test_auto_plans_the_cheapest_cuts_and_explicit_budgets_fill_each_batch(tiny_embedder, monkeypatch):
+    corpus = texts(60, seed=5)
+    seen: list[list[int]] = []
+    forward = MoEEmbedder._forward
+
+    def spy(self, rows, capture):
+        seen.append([len(r) for r in rows])
+        return forward(self, rows, capture)
+
+    monkeypatch.setattr(MoEEmbedder, "_forward", spy)
+    auto, explicit = sibling(tiny_embedder, max_tokens_per_batch="auto"), sibling(tiny_embedder, max_tokens_per_batch=90)
+    monkeypatch.setattr(pipeline, "CPU_TOKEN_BUDGET", 90)
+    lengths = [len(ids) for ids in auto.tokenize(corpus)]
+    assert auto._batch_cost() == pipeline.auto_batch_cost(90) and explicit._batch_cost() is None
+    vectors = auto.encode(corpus)
+    cheapest = plan_batches(lengths, auto.batch_size, 90, batch_cost=pipeline.auto_batch_cost(90))
+    assert seen[-len(cheapest):] == [[lengths[i] for i in batch] for batch in cheapest]
+    seen.clear()
+    assert np.abs(explicit.encode(corpus) - vectors).max() < 1e-4  # same vectors, whatever the plan
+    assert seen == [[lengths[i] for i in batch] for batch in plan_batches(lengths, explicit.batch_size, 90)]
+    assert cheapest != plan_batches(lengths, auto.batch_size, 90)  # the two policies really differ here

@@ -134,7 +134,10 @@ def test_an_external_progress_bar_advances_batch_by_batch(tiny_embedder):
     bar = Bar()
     texts = [f"document number {i} " + "word " * (i % 7) for i in range(10)]
     parts = tiny_embedder.encode_parts(texts, batch_size=3, progress=bar)
-    assert bar.steps == [3, 3, 3, 1] and len(parts) == 10
+    lengths = [len(ids) for ids in tiny_embedder.tokenize(texts)]
+    plan = plan_batches(lengths, 3, tiny_embedder._token_budget(), batch_cost=tiny_embedder._batch_cost())
+    assert bar.steps == [len(batch) for batch in plan] and len(plan) > 1
+    assert sum(bar.steps) == len(parts) == 10
 
 
 def test_results_are_identical_whatever_the_host_copy_interval(tiny_embedder, monkeypatch):

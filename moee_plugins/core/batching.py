@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,17 +66,28 @@ def tokenize(tokenizer, template: PromptTemplate, texts: Sequence[str], max_leng
     return ids
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: int | None = None) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: int | None = None, *,
+                 batch_cost: int | None = None) -> list[list[int]]:
     """Group indices longest first, so padding is minimal and out-of-memory shows up on the first batch.
 
     A batch holds at most ``batch_size`` rows and, when set, at most ``max_tokens_per_batch`` padded
     tokens (rows x longest row); a single row longer than the budget forms a batch of its own.
+
+    ``batch_cost=None`` fills each batch in turn as far as the limits allow (the fewest batches). With a
+    ``batch_cost`` (the fixed cost of one forward pass, in padded tokens), the cut points of the same
+    length-sorted order are chosen to minimise ``processed tokens + batch_cost x batches`` under the same
+    limits: batches end where the lengths drop, not where the budget happens to run out.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
         raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
+    if batch_cost is not None and batch_cost < 0:
+        raise ValueError(f"batch_cost must be >= 0, got {batch_cost}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if batch_cost is not None:
+        ends = _cheapest_cuts([lengths[i] for i in order], batch_size, max_tokens_per_batch, batch_cost)
+        return [order[start:stop] for start, stop in itertools.pairwise([0, *ends])]
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
@@ -90,6 +102,30 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: 
     if current:
         batches.append(current)
     return batches
+
+
+def _cheapest_cuts(sorted_lengths: Sequence[int], batch_size: int, max_tokens_per_batch: int | None,
+                   batch_cost: int) -> list[int]:
+    """End positions of the batches of the cheapest plan over lengths sorted longest first (exact dynamic
+    programme: ``cost[i]`` is the cheapest way to run rows ``i..n-1``, a batch from ``i`` being padded to
+    ``sorted_lengths[i]``). On ties the larger batch wins. O(n x rows per batch), vectorised per row."""
+    lengths = np.asarray(sorted_lengths, dtype=np.int64)
+    n = len(lengths)
+    cost = np.zeros(n + 1, dtype=np.int64)
+    end = np.zeros(n, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        rows = min(batch_size, n - i)
+        if max_tokens_per_batch is not None:
+            rows = min(rows, max(1, max_tokens_per_batch // int(lengths[i])))
+        options = np.arange(1, rows + 1, dtype=np.int64) * lengths[i] + cost[i + 1 : i + rows + 1]
+        k = rows - 1 - int(np.argmin(options[::-1]))
+        cost[i] = options[k] + batch_cost
+        end[i] = i + k + 1
+    ends, at = [], 0
+    while at < n:
+        at = int(end[at])
+        ends.append(at)
+    return ends
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,7 @@ from .options import DEFAULT
 from .parts import MoEEParts, RouterBlock
 from .pipeline import (
     AUTO,
+    auto_batch_cost,
     background_tokenisation,
     chunk_spans,
     prefetched,
@@ -596,6 +597,10 @@ class MoEEmbedder:
             self._auto_budget = (key, resolve_token_budget(AUTO, self.model, self.device, self.dtype))
         return self._auto_budget[1]
 
+    def _batch_cost(self) -> int | None:
+        """The per-batch cost the plan minimises with (``"auto"`` only; explicit budgets fill each batch)."""
+        return auto_batch_cost(self._token_budget()) if self.max_tokens_per_batch == AUTO else None
+
     def _encode_chunks(self, n: int, chunks: Iterable[tuple[int, list[list[int]]]], batch_size: int | None,
                        show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
         """Every chunk ``(offset, token ids)`` is planned (length-sorted batches) and run on its own, so only
@@ -608,7 +613,7 @@ class MoEEmbedder:
         rows = batch_size or self.batch_size
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"batch_size must be a positive integer, got {rows!r}")
-        budget = self._token_budget()
+        budget, batch_cost = self._token_budget(), self._batch_cost()
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and n > 1
         from tqdm.auto import tqdm
@@ -633,7 +638,7 @@ class MoEEmbedder:
             for offset, token_ids in chunks:
                 chunk_lengths = [len(ids) for ids in token_ids]
                 lengths[offset : offset + len(token_ids)] = chunk_lengths
-                queue = deque(plan_batches(chunk_lengths, rows, budget))
+                queue = deque(plan_batches(chunk_lengths, rows, budget, batch_cost=batch_cost))
                 while queue:
                     batch = queue.popleft()
                     if self._row_cap is not None and len(batch) > self._row_cap:

@@ -23,6 +23,10 @@ CPU_TOKEN_BUDGET = 2048
 # before the top; the out-of-memory split is the safety net below it)
 CUDA_TOKEN_BUDGET_RANGE = (4096, 65536)
 CUDA_FREE_MEMORY_SHARE = 0.5
+# "auto" also chooses where batches end: the plan minimising processed tokens + AUTO_BATCH_COST x batches
+# (batching.plan_batches' batch_cost), the fixed cost of a forward pass taken as this share of the budget
+# (measured with benchmarks/budget.py --batch-costs, docs/performance.md)
+AUTO_BATCH_COST_SHARE = 1 / 16
 # corpus chunks, tokenised one ahead of the model: the first is small so the device starts early, each next one
 # twice as large up to CHUNK_MAX_TEXTS texts (or CHUNK_MAX_CHARS characters, about a million tokens)
 CHUNK_FIRST_TEXTS = 1024
@@ -74,6 +78,11 @@ def resolve_token_budget(setting: Any, model: Any, device: torch.device, dtype: 
                     budget, free / 2**30, device)
         return budget
     return CPU_TOKEN_BUDGET
+
+
+def auto_batch_cost(budget: int | None) -> int | None:
+    """The per-batch cost ``"auto"`` plans with: a share of the budget (none without a budget)."""
+    return None if budget is None else int(budget * AUTO_BATCH_COST_SHARE)
 
 
 def chunk_spans(texts: Sequence[str]) -> list[tuple[int, int]]:
