@@ -1,6 +1,6 @@
 """What the LangChain and LlamaIndex adapters share: one way to build or reuse the core embedder, and the core's
 vectors as the plain ``list[list[float]]`` both frameworks expect. Policies (input checks, prompt rule,
-per-call mode/alpha) are the core's."""
+per-call mode/alpha, compact sizes) are the core's."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import numpy as np
 
 from .core import MoEEmbedder, check_texts
 
-_ADAPTER_FIELDS = ("mode", "alpha")  # adapter fields that would be given twice inside model_kwargs
+_ADAPTER_FIELDS = ("mode", "alpha", "dimensions")  # adapter fields that would be given twice inside model_kwargs
 FIELDS: dict[str, dict[str, Any]] = {  # the pydantic Field(...) arguments both adapters declare
     "mode": {"default": None, "description": "hs / rw / concat / sum; None: the embedder's ('sum' by default)."},
     "alpha": {"default": None, "ge": 0, "le": 1e6, "allow_inf_nan": False,
               "description": "Weight of cos(RW) in sum mode; None: the embedder's."},
+    "dimensions": {"default": None, "gt": 0,
+                   "description": "Compact vectors of this size (a reduction fitted on the embedder, see "
+                                  "MoEEmbedder.fit_reduction); None: full vectors."},
     "query_prompt": {"default": None, "description": "Prompt or instruction for queries; None: the embedder's."},
     "document_prompt": {"default": None, "description": "Prompt or instruction for documents; None: the embedder's."},
     "model_kwargs": {"default_factory": dict, "description": "Extra MoEEmbedder options (device, dtype, ...)."},
@@ -58,6 +61,10 @@ def attach_embedder(adapter: Any, owner: str, model: str | None, embedder: MoEEm
             raise type(exc)(f"{owner}.{field}: {exc}") from exc
     adapter.mode = core.mode if adapter.mode is None else adapter.mode
     adapter.alpha = core.alpha if adapter.alpha is None else float(adapter.alpha)
+    try:
+        core.check_dimensions(adapter.dimensions, adapter.mode, adapter.alpha)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{owner}.dimensions: {exc}") from exc
     return core
 
 
@@ -70,13 +77,13 @@ def text_batch(texts: Any, one_text_method: str = "the query method") -> list[st
 
 
 def embed_texts(embedder: MoEEmbedder, texts: Any, *, mode: str, alpha: float, prompt: str | None,
-                batch_size: int | None, show_progress: bool) -> list[list[float]]:
+                batch_size: int | None, show_progress: bool, dimensions: int | None = None) -> list[list[float]]:
     """Vectors of ``texts`` (a sequence of strings, checked by the core) in input order, as Python floats."""
     items = text_batch(texts)
     if not items:
         return []
     vectors = embedder.encode(items, mode=mode, alpha=alpha, prompt=prompt, batch_size=batch_size,
-                              show_progress_bar=show_progress)
+                              show_progress_bar=show_progress, dimensions=dimensions)
     return np.asarray(vectors, dtype=np.float32).tolist()
 
 

@@ -60,6 +60,8 @@ class MoEEBackend(_backend.BaseEmbedder):
             :class:`~moee_plugins.MoEEmbedder` (then shared, not copied; pass no other options).
         word_prompt: template for ``embed_words`` (BERTopic's words, search terms, MMR keywords);
             ``None`` (default) uses the embedder's prompt so words and documents share one space.
+        dimensions: compact vectors of this size for documents and words alike (a reduction fitted on the
+            embedder, :meth:`~moee_plugins.MoEEmbedder.fit_reduction`); ``None`` (default): full vectors.
         **embedder_kwargs: options of :class:`~moee_plugins.MoEEmbedder` (``mode``, ``device``,
             ``batch_size``, ``prompt``, ...).
     """
@@ -69,9 +71,15 @@ class MoEEBackend(_backend.BaseEmbedder):
         model: str | MoEEmbedder = DEFAULT_MODEL,
         *,
         word_prompt: str | PromptTemplate | None = None,
+        dimensions: int | None = None,
         **embedder_kwargs: Any,
     ) -> None:
         embedder = MoEEmbedder.build(model, owner="MoEEBackend", **embedder_kwargs)
+        try:
+            embedder.check_dimensions(dimensions)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"MoEEBackend.dimensions: {exc}") from exc
+        self.dimensions = dimensions
         super().__init__(embedding_model=embedder)
         self.embedder: MoEEmbedder = embedder
         self.word_prompt: PromptTemplate | None = None if word_prompt is None else embedder.prompt_for(word_prompt)
@@ -112,19 +120,21 @@ class MoEEBackend(_backend.BaseEmbedder):
     def _encode(self, texts: Sequence[str], verbose: bool, prompt: PromptTemplate | None) -> np.ndarray:
         if isinstance(texts, np.ndarray):
             texts = texts.tolist()
-        vectors = self.embedder.encode(texts, show_progress_bar=bool(verbose), prompt=prompt)  # the core checks texts
+        vectors = self.embedder.encode(texts, show_progress_bar=bool(verbose), prompt=prompt,  # the core checks texts
+                                       dimensions=self.dimensions)
         return np.asarray(vectors, dtype=np.float32)
 
     # ------------------------------------------------------------------ configuration
     @property
     def dim(self) -> int:
-        return self.embedder.dim
+        return self.embedder.dim if self.dimensions is None else self.dimensions
 
     @property
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable description: the embedder's config plus the word prompt."""
+        """JSON-serialisable description: the embedder's config (its reduction included) plus the word prompt and
+        the compact size."""
         word_prompt = self._word_prompt_config
-        return {"embedder": self.embedder.config, "word_prompt": word_prompt}
+        return {"embedder": self.embedder.config, "word_prompt": word_prompt, "dimensions": self.dimensions}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> MoEEBackend:
@@ -134,7 +144,7 @@ class MoEEBackend(_backend.BaseEmbedder):
         if not isinstance(config, dict) or "embedder" not in config:
             raise ValueError("not a MoEEBackend config: expected a dict with an 'embedder' entry")
         embedder = MoEEmbedder.from_config(config["embedder"], **overrides)
-        return cls(embedder, word_prompt=config.get("word_prompt"))
+        return cls(embedder, word_prompt=config.get("word_prompt"), dimensions=config.get("dimensions"))
 
     # The embedder holds a loaded model and a lock: copies share it (it is never mutated by the
     # backend; BERTopic deep-copies the whole topic model in delete_topics), and pickles store

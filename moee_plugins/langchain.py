@@ -49,6 +49,7 @@ class MoEEmbeddings(BaseModel, Embeddings):
     model: str | None = Field(default=None, description="'moee:<alias>', a hub id or a local directory.")
     mode: Literal["hs", "rw", "concat", "sum"] | None = Field(**FIELDS["mode"])
     alpha: float | None = Field(**FIELDS["alpha"])
+    dimensions: int | None = Field(**FIELDS["dimensions"])
     query_prompt: str | None = Field(**FIELDS["query_prompt"])
     document_prompt: str | None = Field(**FIELDS["document_prompt"])
     batch_size: int | None = Field(default=None, gt=0, description="Texts per forward pass; None: the embedder's.")
@@ -68,8 +69,8 @@ class MoEEmbeddings(BaseModel, Embeddings):
         return self._embedder
 
     def _options(self, prompt: str | None, show_progress: bool) -> dict[str, Any]:
-        return {"mode": self.mode, "alpha": self.alpha, "prompt": prompt, "batch_size": self.batch_size,
-                "show_progress": show_progress}
+        return {"mode": self.mode, "alpha": self.alpha, "dimensions": self.dimensions, "prompt": prompt,
+                "batch_size": self.batch_size, "show_progress": show_progress}
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (with ``document_prompt``), batched through one core call; row i is text i."""

@@ -39,6 +39,7 @@ class MoEEmbedding(BaseEmbedding):
 
     mode: Literal["hs", "rw", "concat", "sum"] | None = Field(**FIELDS["mode"])
     alpha: float | None = Field(**FIELDS["alpha"])
+    dimensions: int | None = Field(**FIELDS["dimensions"])
     query_prompt: str | None = Field(**FIELDS["query_prompt"])
     document_prompt: str | None = Field(**FIELDS["document_prompt"])
     model_kwargs: dict[str, Any] = Field(**FIELDS["model_kwargs"])
@@ -67,8 +68,8 @@ class MoEEmbedding(BaseEmbedding):
         return self._embedder
 
     def _options(self, prompt: str | None) -> dict[str, Any]:
-        return {"mode": self.mode, "alpha": self.alpha, "prompt": prompt, "batch_size": self.embed_batch_size,
-                "show_progress": False}
+        return {"mode": self.mode, "alpha": self.alpha, "dimensions": self.dimensions, "prompt": prompt,
+                "batch_size": self.embed_batch_size, "show_progress": False}
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return embed_one(self._embedder, query, **self._options(self.query_prompt))

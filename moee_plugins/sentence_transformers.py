@@ -112,17 +112,25 @@ class MoEEModule(InputModule):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """The core's forward and combination on the padded features, on the device; row i is input i."""
-        self._check_truncate_dim()
+        """The core's forward and combination on the padded features, on the device; row i is input i.
+
+        With the model's ``truncate_dim`` set to a fitted compact size, the vectors are the core's compact ones
+        of that size (the fitted PCA), so sentence-transformers' own cut is a no-op.
+        """
+        compact = self._check_truncate_dim()
         self.embedder.ensure_statistics()
         pooled = self.embedder.encode_features(features["input_ids"], features["attention_mask"])
         output = _Features(features)
-        output["sentence_embedding"] = self.embedder.combine_features(pooled).to(features["input_ids"].device)
+        output["sentence_embedding"] = self.embedder.combine_features(pooled, dimensions=compact).to(
+            features["input_ids"].device)
         return output
 
-    def _check_truncate_dim(self) -> None:
+    def _check_truncate_dim(self) -> int | None:
+        """The compact size the owner's ``truncate_dim`` asks for (None: full vectors); refuses a plain cut."""
         owner = self._owner() if self.__dict__.get("_owner") is not None else None
-        self.embedder.check_truncation(getattr(owner, "truncate_dim", None))
+        size = getattr(owner, "truncate_dim", None)
+        self.embedder.check_truncation(size)
+        return None if size is None or size == self.embedder.dim else size
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MoEEModule:
         """After ``.to()``/``.cuda()``/``.cpu()`` the core follows its model."""

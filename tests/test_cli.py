@@ -154,3 +154,50 @@ def test_commands_are_listed(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in ("embed", "topics", "eval", "calibrate", "models"))
+
+
+def test_calibrate_with_dimensions_then_embed_compact_vectors_and_resume(corpus, tmp_path, tiny_alias, tiny_embedder,
+                                                                         capsys, monkeypatch):
+    """The reduction is fitted once by `moee calibrate --dimensions`, saved beside the statistics, and applied by
+    `moee embed --dimensions`: the vectors are the core's compact ones; resuming keeps them."""
+    from moee_plugins.core.standardize import calibration_sentences
+
+    stats = tmp_path / "stats.json"
+    assert main(["calibrate", "-o", str(stats), "--model", tiny_alias, "--device", "cpu", "--dimensions", "4,8",
+                 "-q"]) == 0
+    assert "a sum reduction to 4, 8 dimensions" in capsys.readouterr().out
+    saved = json.loads(stats.read_text())
+    assert saved["reduction"]["dimensions"] == [4, 8] and saved["reduction"]["mode"] == "sum"
+    core = MoEEmbedder.from_config(tiny_embedder.config, model=tiny_embedder.model, tokenizer=tiny_embedder.tokenizer)
+    core.calibrate(list(calibration_sentences()), dimensions=[4, 8])  # what the command did, in the library
+
+    out = tmp_path / "v.npy"
+    argv = ["embed", str(corpus), "-o", str(out), "--model", tiny_alias, "--statistics", str(stats), "--device",
+            "cpu", "--dimensions", "8", "--shard-size", "3", "-q"]
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return ENCODE_PARTS(self, *args, **kwargs)
+
+    monkeypatch.setattr(MoEEmbedder, "encode_parts", interrupted)
+    assert main(argv) == 130
+    monkeypatch.setattr(MoEEmbedder, "encode_parts", ENCODE_PARTS)
+    capsys.readouterr()
+    assert main([a for a in argv if a not in ("--statistics", str(stats))] + ["--resume"]) == 0  # from the manifest
+    assert "resuming: 1 of 3 shards" in capsys.readouterr().err
+    vectors = np.load(out)
+    assert vectors.shape == (len(DOCS), 8)
+    np.testing.assert_allclose(vectors, core.encode(DOCS, dimensions=8), atol=1e-5)
+
+    for extra, message in ((["--dimensions", "6"], "--dimensions 6: dimensions=6 is not fitted"),
+                           (["--dimensions", "8", "--mode", "concat"], "fitted on sum"),
+                           (["--dimensions", "0"], "--dimensions")):
+        assert main(["embed", str(corpus), "-o", str(tmp_path / "w.npy"), "--model", tiny_alias, "--statistics",
+                     str(stats), "--device", "cpu", "-q", *extra]) == 2
+        assert message in one_line(capsys.readouterr().err)
+    assert main(["embed", str(corpus), "-o", str(tmp_path / "w.npy"), "--model", tiny_alias, "--device", "cpu",
+                 "--dimensions", "8", "-q"]) == 2
+    assert "--dimensions needs the --statistics file" in one_line(capsys.readouterr().err)

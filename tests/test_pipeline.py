@@ -6,6 +6,7 @@ without tokenising the whole corpus before the model starts, and that its errors
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -197,7 +198,7 @@ def test_the_cheapest_plan_is_the_optimum_of_every_cut_of_the_sorted_order(seed)
     best = None
     for mask in range(1 << (len(lengths) - 1)):  # every way to cut the sorted order into batches
         cuts = [0, *[k + 1 for k in range(len(lengths) - 1) if mask >> k & 1], len(lengths)]
-        candidate = [order[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        candidate = [order[a:b] for a, b in itertools.pairwise(cuts)]
         if all(len(b) <= rows and (len(b) == 1 or len(b) * lengths[b[0]] <= budget) for b in candidate):
             value = _plan_cost(lengths, candidate, cost)
             best = value if best is None else min(best, value)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from moee_plugins import MoEEmbedder
 from moee_plugins.core.reduction import Reduction
@@ -121,3 +122,34 @@ def test_pca_keeps_neighbours_better_than_truncation(reduced):
         return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got, strict=True)]))
 
     assert overlap(compact) > overlap(truncated)
+
+
+def test_the_device_path_gives_the_same_compact_vectors_as_encode(reduced):
+    """``combine_features(dimensions=)`` (what sentence-transformers' forward uses) = ``encode(dimensions=)``."""
+    input_ids, attention_mask = reduced.pad(reduced.tokenize(TEXTS))
+    pooled = reduced.encode_features(input_ids, attention_mask)
+    for size in (8, 16):
+        on_device = reduced.combine_features(pooled, dimensions=size)
+        assert on_device.dtype == torch.float32 and tuple(on_device.shape) == (len(TEXTS), size)
+        np.testing.assert_allclose(on_device.numpy(), reduced.encode(TEXTS, dimensions=size), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(reduced.combine_features(pooled).numpy(), reduced.encode(TEXTS), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"dimensions=12 is not fitted"):
+        reduced.combine_features(pooled, dimensions=12)
+    with pytest.raises(ValueError, match=r"fitted on sum .* not concat"):
+        reduced.check_dimensions(8, "concat")
+
+
+def test_blocks_bound_the_working_copies_whatever_the_width():
+    from moee_plugins.core.combine import BLOCK_BYTES, MAX_BLOCK_ROWS, block_rows, combine, finite_rows
+
+    assert block_rows(88) == MAX_BLOCK_ROWS and block_rows(3072) == BLOCK_BYTES // (8 * 3072) == 682
+    assert block_rows(10**9) == 1
+    rng = np.random.default_rng(0)
+    hidden, routing = rng.standard_normal((1500, 2000), dtype=np.float32), rng.standard_normal((1500, 100),
+                                                                                                 dtype=np.float32)
+    assert block_rows(2100) < 1500  # several blocks: the result must not depend on where they are cut
+    whole = np.concatenate([hidden / np.linalg.norm(hidden, axis=1, keepdims=True),
+                            routing / np.linalg.norm(routing, axis=1, keepdims=True)], axis=1) / np.sqrt(2)
+    np.testing.assert_allclose(combine(hidden, routing, "sum"), whole, atol=1e-6, rtol=0)
+    routing[1234, 7] = np.nan
+    assert np.flatnonzero(~finite_rows(routing)).tolist() == [1234]

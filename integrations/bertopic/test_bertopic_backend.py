@@ -103,3 +103,29 @@ def test_pickle_stores_the_config_and_rebuilds_an_identical_backend(backend, doc
     assert isinstance(restored, MoEEBackend) and restored.embedder is not backend.embedder
     assert isinstance(restored.embedder, MoEEmbedder)
     np.testing.assert_array_equal(restored.embed(docs[:5]), backend.embed(docs[:5]))
+
+
+def test_compact_vectors_serve_documents_words_topics_and_survive_pickling(embedder, docs, n_topics):
+    """``MoEEBackend(..., dimensions=d)``: the core's compact vectors for documents and words alike, a topic model
+    fitted on them finds topics, and the size travels with the backend's config."""
+    from bertopic import BERTopic
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    core = MoEEmbedder.from_config(embedder.config, model=embedder.model, tokenizer=embedder.tokenizer)
+    core.fit_reduction(docs[:120], [16, 32])
+    backend = MoEEBackend(core, dimensions=16)
+    assert backend.dim == 16
+    np.testing.assert_allclose(backend.embed(docs[:20]), core.encode(docs[:20], dimensions=16), atol=1e-6, rtol=0)
+    assert backend.embed_words(["hockey", "printer"]).shape == (2, 16)
+    restored = pickle.loads(pickle.dumps(backend))
+    assert restored.dimensions == 16
+    np.testing.assert_array_equal(restored.embed(docs[:5]), backend.embed(docs[:5]))
+    model = BERTopic(embedding_model=backend, umap_model=PCA(n_components=8, random_state=0),
+                     hdbscan_model=KMeans(n_clusters=n_topics, n_init=10, random_state=0))
+    topics, _ = model.fit_transform(docs)
+    assert len(topics) == len(docs) and len(set(topics)) == n_topics
+    similar, scores = model.find_topics(docs[0], top_n=1)
+    assert similar[0] == topics[0] and scores[0] > 0
+    with pytest.raises(ValueError, match=r"MoEEBackend.dimensions: dimensions=8 is not fitted"):
+        MoEEBackend(core, dimensions=8)

@@ -220,3 +220,20 @@ def test_one_prompt_rule_and_one_model_name_across_adapters(tiny_embedder) -> No
     for vector in (langchain, llama, st):
         np.testing.assert_allclose(np.asarray(vector), core, rtol=0, atol=1e-5)
     assert np.abs(core - tiny_embedder.encode(text)).max() > 1e-4  # the instruction did something
+
+
+def test_compact_vectors_are_the_core_ones_and_an_unfitted_size_is_refused(tiny_embedder) -> None:
+    from moee_plugins import MoEEmbedder
+    from moee_plugins.core.standardize import calibration_sentences
+
+    core = MoEEmbedder.from_config(tiny_embedder.config, model=tiny_embedder.model, tokenizer=tiny_embedder.tokenizer)
+    core.fit_reduction(list(calibration_sentences()[:120]), [8, 16])
+    compact = MoEEmbeddings(embedder=core, dimensions=8)
+    np.testing.assert_allclose(compact.embed_documents(DOCS), core.encode(DOCS, dimensions=8), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(compact.embed_query(QUERIES[0]), core.encode(QUERIES[0], dimensions=8), atol=1e-6, rtol=0)
+    store = InMemoryVectorStore.from_texts(DOCS, embedding=compact)
+    assert store.similarity_search(DOCS[2], k=1)[0].page_content == DOCS[2]  # an exact duplicate comes first
+    with pytest.raises(ValueError, match=r"MoEEmbeddings.dimensions: dimensions=12 is not fitted"):
+        MoEEmbeddings(embedder=core, dimensions=12)
+    with pytest.raises(ValueError, match=r"MoEEmbeddings.dimensions: dimensions=8: no reduction is fitted"):
+        MoEEmbeddings(embedder=tiny_embedder, dimensions=8)

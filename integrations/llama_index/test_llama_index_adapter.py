@@ -201,3 +201,20 @@ def test_model_is_the_argument_name_and_model_name_is_deprecated(tiny_alias: str
     with pytest.warns(DeprecationWarning, match="model_name"):
         old = MoEEmbedding(model_name=tiny_alias, **options)
     assert old.embedder.config["model"] == tiny_alias
+
+
+def test_compact_vectors_are_the_core_ones_and_retrieve_the_right_node(embedder: MoEEmbedder) -> None:
+    from moee_plugins.core.standardize import calibration_sentences
+
+    core = MoEEmbedder.from_config(embedder.config, model=embedder.model, tokenizer=embedder.tokenizer)
+    core.fit_reduction(list(calibration_sentences()[:120]), [8, 16])
+    compact = MoEEmbedding(embedder=core, dimensions=16)
+    np.testing.assert_allclose(compact.get_text_embedding_batch(DOCS), core.encode(DOCS, dimensions=16), atol=1e-6,
+                               rtol=0)
+    np.testing.assert_allclose(compact.get_query_embedding(DOCS[0]), core.encode(DOCS[0], dimensions=16), atol=1e-6,
+                               rtol=0)
+    index = VectorStoreIndex([TextNode(text=doc, id_=str(i)) for i, doc in enumerate(DOCS)], embed_model=compact)
+    hits = index.as_retriever(similarity_top_k=1).retrieve(DOCS[4])
+    assert hits[0].node.get_content() == DOCS[4]
+    with pytest.raises(ValueError, match=r"MoEEmbedding.dimensions: dimensions=4 is not fitted"):
+        MoEEmbedding(embedder=core, dimensions=4)

@@ -166,3 +166,35 @@ def test_module_follows_its_weights_and_survives_pickling(tiny_model_dir, statis
 def test_truncate_dim_is_refused_without_a_fitted_reduction(st_hook, tiny_alias, statistics, texts):
     with pytest.raises(ValueError, match="truncate_dim=32 would cut"):
         SentenceTransformer(tiny_alias, device="cpu", truncate_dim=32, model_kwargs={"statistics": statistics})
+
+
+def test_truncate_dim_of_a_fitted_size_gives_the_core_compact_vectors(st_hook, tiny_alias, tiny_embedder, statistics,
+                                                                       texts, tmp_path):
+    """``truncate_dim`` = a fitted compact size: the fitted PCA, not a cut (which would keep only hidden-state
+    dimensions); int8/binary precision quantise those vectors; the reduction is saved with the model."""
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    from moee_plugins.core.standardize import calibration_sentences
+
+    core = MoEEmbedder.from_config(tiny_embedder.config, model=tiny_embedder.model, tokenizer=tiny_embedder.tokenizer)
+    core.fit_reduction(list(calibration_sentences()[:120]), [8, 16])
+    expected = core.encode(texts, dimensions=16)
+    reduction = core.config["reduction"]
+    model = SentenceTransformer(tiny_alias, device="cpu", truncate_dim=16,
+                                model_kwargs={"statistics": statistics, "reduction": reduction})
+    assert model.get_embedding_dimension() == 16
+    got = model.encode(texts)
+    assert got.shape == (len(texts), 16)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert np.abs(got - core.encode(texts)[:, :16]).max() > 0.1  # really not the first 16 full dimensions
+    np.testing.assert_array_equal(model.encode(texts, precision="int8"), quantize_embeddings(got, precision="int8"))
+    np.testing.assert_array_equal(model.encode(texts, precision="binary"),
+                                  quantize_embeddings(got, precision="binary"))
+    with model.truncate_embeddings(8):  # sentence-transformers' own way to change it for a while
+        np.testing.assert_allclose(model.encode(texts), core.encode(texts, dimensions=8), atol=1e-5, rtol=0)
+    model.truncate_dim = None
+    np.testing.assert_allclose(model.encode(texts), core.encode(texts), atol=1e-5, rtol=0)
+    model.truncate_dim = 16
+    model.save(str(tmp_path / "saved"))
+    reloaded = SentenceTransformer(f"moee:{tmp_path / 'saved'}", device="cpu", truncate_dim=16)
+    np.testing.assert_allclose(reloaded.encode(texts), expected, atol=1e-5, rtol=0)

@@ -71,6 +71,17 @@ def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def parse_sizes(value: str, flag: str) -> list[int]:
+    """Comma-separated positive integers (``256,512``), refused with the flag's name otherwise."""
+    try:
+        sizes = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated positive integers, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"{flag} must be comma-separated positive integers, got {value!r}")
+    return sizes
+
+
 def add_text_options(parser: argparse.ArgumentParser, *, corpus_input: type | None = None) -> None:
     """``--text-field`` / ``--text-column``: where a corpus file holds its text; with ``corpus_input`` (the
     argument's type) also the positional ``input`` corpus file."""

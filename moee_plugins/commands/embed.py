@@ -54,6 +54,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--statistics", default=None, metavar="FILE",
                         help="standardisation statistics saved by `moee calibrate` (default: calibrate on the built-in "
                         "sentences before the first shard)")
+    parser.add_argument("--dimensions", type=int, default=None, metavar="D",
+                        help="compact vectors of D dimensions: the PCA that `moee calibrate --dimensions` saved in the "
+                        "--statistics file (default: full vectors)")
     parser.add_argument("--shard-size", type=int, default=None,
                         help=f"documents per saved shard (default: {DEFAULT_SHARD_SIZE}; on --resume, the interrupted "
                         "run's)")
@@ -120,7 +123,10 @@ def _validate(args: argparse.Namespace) -> None:
     from ..io import output_format
 
     output_format(args.output)
-    check_positive(args, "batch_size", "max_length", "max_tokens_per_batch", "shard_size")
+    check_positive(args, "batch_size", "max_length", "max_tokens_per_batch", "shard_size", "dimensions")
+    if args.dimensions is not None and args.statistics is None and not args.resume:
+        raise UsageError("--dimensions needs the --statistics file `moee calibrate --dimensions` wrote (the fitted "
+                         "reduction is saved there, beside the statistics)")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: choose one")
     try:
@@ -177,9 +183,10 @@ def _records(args: argparse.Namespace, *, ids: bool = False) -> Iterator[Any]:
         raise corpus_problem(exc, args.input.suffix.lower(), args.id_field) from exc
 
 
-def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(statistics, the settings they were fitted with, if recorded) from a ``moee calibrate`` file, or from a
-    bare statistics JSON (``moee_statistics.json``, a config's ``"statistics"``)."""
+def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """(statistics, the settings they were fitted with, the compact-vector reduction), the last two where recorded,
+    from a ``moee calibrate`` file, or from a bare statistics JSON (``moee_statistics.json``, a config's
+    ``"statistics"``, whose ``"reduction"`` comes along)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text("utf-8"))
@@ -188,12 +195,13 @@ def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, An
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read statistics from {path}: {exc}") from None
     if isinstance(data, dict) and data.get("format") == STATISTICS_FORMAT:
-        return data["statistics"], data.get("settings")
+        return data["statistics"], data.get("settings"), data.get("reduction")
+    reduction = None
     if isinstance(data, dict) and isinstance(data.get("statistics"), dict):
-        data = data["statistics"]  # an embedder config
+        data, reduction = data["statistics"], data.get("reduction")  # an embedder config
     if not (isinstance(data, dict) and "hidden" in data and "routing" in data):
         raise UsageError(f"{path} holds no standardisation statistics (write one with `moee calibrate`)")
-    return data, None
+    return data, None, reduction
 
 
 def raw_part_settings(embedder: Any) -> dict[str, Any]:
@@ -210,7 +218,7 @@ def raw_part_settings(embedder: Any) -> dict[str, Any]:
 
 
 def _apply_statistics_file(embedder: Any, path: str) -> dict[str, Any]:
-    statistics, settings = read_statistics_file(path)
+    statistics, settings, reduction = read_statistics_file(path)
     if settings is not None:
         from ..io.shards import _differences, _normalise
 
@@ -221,9 +229,25 @@ def _apply_statistics_file(embedder: Any, path: str) -> dict[str, Any]:
                              "run `moee calibrate` with this run's options")
     try:
         embedder.set_statistics(statistics)
+        embedder.set_reduction(reduction)
     except (ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"cannot use the statistics in {path}: {exc}") from exc
     return embedder.config["statistics"]
+
+
+def _check_dimensions(embedder: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The compact-vector request of this run, checked against the embedder's reduction (None: full vectors)."""
+    from ..io.fingerprint import reduction_digest
+
+    if args.dimensions is None:
+        return None
+    try:
+        embedder.check_dimensions(args.dimensions)
+    except (TypeError, ValueError) as exc:
+        where = f"the statistics file {args.statistics}" if args.statistics else "the interrupted run"
+        raise UsageError(f"--dimensions {args.dimensions}: {exc} (reduction from {where}; fit one with "
+                         f"`moee calibrate --dimensions {args.dimensions}`)") from exc
+    return {"dimensions": args.dimensions, "reduction": reduction_digest(embedder.config.get("reduction"))}
 
 
 def announce_calibration(embedder: Any, command: str, quiet: bool) -> None:
@@ -262,8 +286,8 @@ def _sigterm_stops_the_run() -> Iterator[None]:
 # ---------------------------------------------------------------------- the command
 def _run_on_ray(args: argparse.Namespace) -> int:
     """The same job on a Ray cluster (see moee_plugins.io.ray_files): parquet shards with the columns id, vector."""
-    if args.resume or args.shard_size is not None or args.statistics is not None:
-        raise UsageError("--resume, --shard-size and --statistics apply to --engine local only")
+    if args.resume or args.shard_size is not None or args.statistics is not None or args.dimensions is not None:
+        raise UsageError("--resume, --shard-size, --statistics and --dimensions apply to --engine local only")
     from ..io.ray_files import embed_files
 
     try:
@@ -331,18 +355,23 @@ def run(args: argparse.Namespace) -> int:
             sharded.check({"statistics": statistics_digest(given)})
         elif recorded is not None:
             embedder.set_statistics(recorded)  # the very statistics of the finished shards
+            embedder.set_reduction(sharded.manifest.get("reduction"))  # and its reduction, if it had one
+        sharded.check({"compact": _check_dimensions(embedder, args)})
     else:
         if args.overwrite:
             ShardedOutput.remove(args.output)
         if args.statistics is not None:
             _apply_statistics_file(embedder, args.statistics)
         announce_calibration(embedder, "embed", args.quiet)
+        compact = _check_dimensions(embedder, args)
         statistics = embedder.config["statistics"]
         sharded = ShardedOutput.create(
-            args.output, num_rows=num_rows, shard_size=args.shard_size or DEFAULT_SHARD_SIZE, dim=embedder.dim,
+            args.output, num_rows=num_rows, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+            dim=embedder.dim if args.dimensions is None else args.dimensions,
             fingerprint={"input": source, "settings": settings, "model_files": model_files,
-                         "statistics": statistics_digest(statistics)},
-            extra={"input_path": str(args.input.resolve()), "statistics": statistics},
+                         "statistics": statistics_digest(statistics), "compact": compact},
+            extra={"input_path": str(args.input.resolve()), "statistics": statistics,
+                   "reduction": embedder.config.get("reduction") if compact else None},
         )
 
     pending = sharded.pending()
@@ -394,7 +423,7 @@ def _compute(args: argparse.Namespace, embedder: Any, sharded: Any, pending: lis
                 continue
             # the bar advances batch by batch inside the core; tqdm itself shows documents/s
             parts = embedder.encode_parts([record.text for record in chunk], progress=progress)
-            sharded.write(shard, embedder.combine(parts))
+            sharded.write(shard, embedder.combine(parts, dimensions=args.dimensions))
             counters["documents"] += shard.rows
             counters["tokens"] += int(np.sum(parts.num_tokens))
             elapsed = max(time.perf_counter() - started, 1e-9)

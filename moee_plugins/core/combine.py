@@ -8,7 +8,15 @@ import torch
 from .standardize import Statistics
 
 MODES = ("hs", "rw", "concat", "sum")
-_BLOCK_ROWS = 8192  # rows combined at a time: bounds the float64 working copies
+# rows combined at a time: each float64 working copy of a block holds at most BLOCK_BYTES (2,730 rows of a
+# 768-dimensional vector, 682 of OLMoE's 3,072), so the working memory stays small and flat at any corpus size
+BLOCK_BYTES = 16 * 1024 * 1024
+MAX_BLOCK_ROWS = 8192
+
+
+def block_rows(width: int) -> int:
+    """Rows per block for ``width``-dimensional float64 working copies (see :data:`BLOCK_BYTES`)."""
+    return max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (8 * max(1, width))))
 
 
 def _unit_rows(values: np.ndarray) -> np.ndarray:
@@ -82,8 +90,9 @@ def combine(
     width = {"hs": hidden.shape[1], "rw": routing.shape[1]}.get(mode, hidden.shape[1] + routing.shape[1])
     out = np.empty((len(hidden), width), dtype=np.float32)
     standardize = standardizer(statistics) if statistics is not None else None
-    for start in range(0, len(hidden), _BLOCK_ROWS):
-        block = slice(start, start + _BLOCK_ROWS)
+    step = block_rows(hidden.shape[1] + routing.shape[1])
+    for start in range(0, len(hidden), step):
+        block = slice(start, start + step)
         out[block] = combine_tensors(torch.from_numpy(np.ascontiguousarray(hidden[block])),
                                      torch.from_numpy(np.ascontiguousarray(routing[block])), mode, alpha=alpha,
                                      standardize=standardize, normalize=normalize).numpy()
@@ -94,8 +103,9 @@ def finite_rows(vectors: np.ndarray) -> np.ndarray:
     """Whether each row is all finite, checked a block at a time (no N x dim temporary, so the check's memory does
     not grow with the corpus)."""
     out = np.empty(len(vectors), dtype=bool)
-    for start in range(0, len(vectors), _BLOCK_ROWS):
-        out[start : start + _BLOCK_ROWS] = np.isfinite(vectors[start : start + _BLOCK_ROWS]).all(axis=1)
+    step = block_rows(vectors.shape[1] if vectors.ndim == 2 else 1)
+    for start in range(0, len(vectors), step):
+        out[start : start + step] = np.isfinite(vectors[start : start + step]).all(axis=1)
     return out
 
 

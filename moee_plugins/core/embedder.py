@@ -355,7 +355,7 @@ class MoEEmbedder:
         items, single = check_texts(texts)
         mode = self._mode(mode)
         alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
-        self._check_dimensions(dimensions, mode, alpha)
+        self.check_dimensions(dimensions, mode, alpha)
         self.ensure_statistics(mode)
         parts = self.encode_parts(items, batch_size=batch_size, show_progress_bar=show_progress_bar, prompt=prompt)
         vectors = self.combine(parts, mode, alpha=alpha, dimensions=dimensions)
@@ -371,7 +371,7 @@ class MoEEmbedder:
         """
         mode = self._mode(mode)
         alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
-        self._check_dimensions(dimensions, mode, alpha)
+        self.check_dimensions(dimensions, mode, alpha)
         vectors = combine(parts.hidden, parts.routing, mode, alpha=alpha, statistics=self._statistics_for(mode),
                           normalize=self.normalize)
         self._check_vectors(finite_rows(vectors))
@@ -416,7 +416,9 @@ class MoEEmbedder:
         self.reduction = Reduction.fit(vectors, dimensions, mode=self.mode, alpha=self.alpha, source=source)
         return self.reduction
 
-    def _check_dimensions(self, dimensions: int | None, mode: str | None = None, alpha: float | None = None) -> None:
+    def check_dimensions(self, dimensions: int | None, mode: str | None = None, alpha: float | None = None) -> None:
+        """Refuse a compact size this embedder cannot produce for ``mode``/``alpha`` (no reduction, a size not
+        fitted, a reduction of other vectors), naming the problem: adapters check their setting once, up front."""
         if dimensions is None:
             return
         if isinstance(dimensions, bool) or not isinstance(dimensions, int):
@@ -467,18 +469,23 @@ class MoEEmbedder:
             self._check_finite_rows(finite.cpu().numpy())
         return pooled
 
-    def combine_features(self, pooled: torch.Tensor, mode: str | None = None, *, alpha: float | None = None) -> torch.Tensor:
-        """:meth:`combine` on the device: the vectors of ``mode`` from :meth:`encode_features`' output, float32."""
+    def combine_features(self, pooled: torch.Tensor, mode: str | None = None, *, alpha: float | None = None,
+                         dimensions: int | None = None) -> torch.Tensor:
+        """:meth:`combine` on the device: the vectors of ``mode`` from :meth:`encode_features`' output, float32
+        (``dimensions``: the fitted reduction's compact vectors of that size)."""
         mode = self._mode(mode)
         alpha = self.alpha if alpha is None else opts.check_alpha(alpha)
+        self.check_dimensions(dimensions, mode, alpha)
         statistics = self._statistics_for(mode)
         out = combine_tensors(pooled[:, : self.hidden_dim], pooled[:, self.hidden_dim :], mode, alpha=alpha,
                               standardize=None if statistics is None else self._standardizer_on(pooled.device),
-                              normalize=self.normalize).float()
+                              normalize=self.normalize)
         finite = torch.isfinite(out).all(dim=1)
         if not bool(finite.all()):
             self._check_vectors(finite.cpu().numpy())
-        return out
+        if dimensions is not None:
+            out = self.reduction.apply_tensor(out.float(), dimensions)
+        return out.float()
 
     def _standardizer_on(self, device: torch.device) -> Standardizer:
         """The statistics as tensors on ``device``, cached until the statistics change."""

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-_BLOCK_ROWS = 8192  # rows projected at a time: bounds the float64 working copies
+from .combine import block_rows
 
 
 def _encode_array(values: np.ndarray) -> str:
@@ -88,19 +89,30 @@ class Reduction:
 
     def apply(self, vectors: np.ndarray, dimensions: int) -> np.ndarray:
         """``vectors`` projected on the first ``dimensions`` components, L2-normalised, float32."""
+        values = np.asarray(vectors)
+        self._check_request(values.shape, dimensions)
+        out = np.empty((len(values), dimensions), dtype=np.float32)
+        step = block_rows(self.input_dim)  # bounded float64 working copies, as in combine
+        for start in range(0, len(values), step):
+            block = torch.from_numpy(np.asarray(values[start : start + step], dtype=np.float64))
+            out[start : start + step] = self.apply_tensor(block, dimensions).numpy()
+        return out
+
+    def apply_tensor(self, vectors: torch.Tensor, dimensions: int) -> torch.Tensor:
+        """:meth:`apply` on a tensor (any device), float64 out: the one implementation, also used by adapters
+        that keep their vectors on the device (sentence-transformers' ``truncate_dim``)."""
+        self._check_request(tuple(vectors.shape), dimensions)
+        mean = torch.as_tensor(self.mean, dtype=torch.float64, device=vectors.device)
+        basis = torch.as_tensor(self.components[:dimensions], dtype=torch.float64, device=vectors.device)
+        projected = (vectors.double() - mean) @ basis.T
+        return projected / projected.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+
+    def _check_request(self, shape: tuple[int, ...], dimensions: int) -> None:
         if dimensions not in self.dimensions:
             raise ValueError(f"dimensions={dimensions!r} is not fitted; supported dimensions: {self.dimensions}")
-        values = np.asarray(vectors)
-        if values.ndim != 2 or values.shape[1] != self.input_dim:
+        if len(shape) != 2 or shape[1] != self.input_dim:
             raise ValueError(f"the reduction takes {self.input_dim}-dimensional {self.mode} vectors, got shape "
-                             f"{values.shape}")
-        mean = self.mean.astype(np.float64)
-        basis = self.components[:dimensions].astype(np.float64).T
-        out = np.empty((len(values), dimensions), dtype=np.float32)
-        for start in range(0, len(values), _BLOCK_ROWS):
-            block = np.asarray(values[start : start + _BLOCK_ROWS], dtype=np.float64)
-            out[start : start + _BLOCK_ROWS] = _unit_rows((block - mean) @ basis)
-        return out
+                             f"{tuple(shape)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable; the arrays as base64 of little-endian float32 (exact, a quarter of a list's size)."""

@@ -84,3 +84,10 @@ def statistics_digest(statistics: dict[str, Any] | None) -> str | None:
         return None
     text = json.dumps({"hidden": statistics["hidden"], "routing": statistics["routing"]}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def reduction_digest(reduction: dict[str, Any] | None) -> str | None:
+    """SHA-256 of a compact-vector reduction's canonical JSON (``None`` without one)."""
+    if reduction is None:
+        return None
+    return hashlib.sha256(json.dumps(reduction, sort_keys=True).encode("utf-8")).hexdigest()
