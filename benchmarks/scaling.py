@@ -1,6 +1,7 @@
 """Peak memory and time per document as the corpus grows: ``encode`` of 10k, 100k, 1M tiny texts.
 
-Each size runs in a fresh process (``MALLOC_MMAP_THRESHOLD_=65536``, so freed memory leaves the process) on the
+Each size runs in a fresh process (``MALLOC_MMAP_THRESHOLD_=65536``, so freed memory leaves the process, and the
+heap trimmed just before ``encode``, so free memory kept from the set-up cannot hide allocations) on the
 tiny OLMoE checkpoint of ``tests/fixtures/olmoe-parity`` (3 layers, 8 experts, hidden 64; sum vectors of 88
 dimensions), one torch thread. Memory is the peak resident set size during ``encode`` (``VmHWM``, reset just
 before) minus the resident size just before it (model and corpus loaded). Of that peak, the result itself
@@ -19,6 +20,9 @@ within 15% from the smallest size to the largest.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import subprocess
@@ -47,6 +51,12 @@ def tiny_texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def trim_heap() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``), where that exists."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def child(n: int, seed: int, one_chunk: bool) -> dict[str, float]:
     import torch
 
@@ -62,6 +72,8 @@ def child(n: int, seed: int, one_chunk: bool) -> dict[str, float]:
     emb.calibrate(tiny_texts(256, seed + 1), show_progress_bar=False)
     emb.encode(tiny_texts(64, seed + 2), show_progress_bar=False)  # warm-up
     texts = tiny_texts(n, seed)
+    gc.collect()
+    trim_heap()  # start from a heap with no free memory kept back, so the peak counts what encode allocates
     before = c.rss_bytes()
     if not c.reset_peak_rss():
         raise SystemExit("cannot reset the peak-RSS mark (/proc/self/clear_refs): run on Linux as the process owner")

@@ -52,12 +52,23 @@ def truncate_inside(tokenizer, template: PromptTemplate, cleaned: str, max_lengt
     return _encode(tokenizer, template.wrap(""))
 
 
+TOKENIZER_BATCH = 512  # texts handed to the tokenizer at once (bounds its per-call encodings, see tokenize)
+
+
 def tokenize(tokenizer, template: PromptTemplate, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of every prompt; long texts are truncated inside the template, empty ones get one token."""
     if not texts:
         return []
     cleaned = [template.clean(text) for text in texts]
-    ids = [list(row) for row in tokenizer([template.wrap(c) for c in cleaned], add_special_tokens=True)["input_ids"]]
+    ids: list[list[int]] = []
+    for start in range(0, len(cleaned), TOKENIZER_BATCH):
+        # token ids only (no attention masks or type ids to build and drop), a sub-batch at a time: a fast
+        # tokenizer's encodings (tokens, offsets, masks) take a few KB per text until converted
+        encoded = tokenizer([template.wrap(c) for c in cleaned[start : start + TOKENIZER_BATCH]],
+                            add_special_tokens=True, return_attention_mask=False,
+                            return_token_type_ids=False)["input_ids"]
+        ids.extend(row if isinstance(row, list) else list(row) for row in encoded)
+        del encoded
     for i, row in enumerate(ids):
         if len(row) > max_length:
             ids[i] = truncate_inside(tokenizer, template, cleaned[i], max_length)

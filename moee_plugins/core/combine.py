@@ -8,9 +8,9 @@ import torch
 from .standardize import Statistics
 
 MODES = ("hs", "rw", "concat", "sum")
-# rows combined at a time: each float64 working copy of a block holds at most BLOCK_BYTES (2,730 rows of a
-# 768-dimensional vector, 682 of OLMoE's 3,072), so the working memory stays small and flat at any corpus size
-BLOCK_BYTES = 16 * 1024 * 1024
+# rows combined at a time: each float64 working copy of a block holds at most BLOCK_BYTES (682 rows of a
+# 768-dimensional vector, 170 of OLMoE's 3,072), so the working memory stays small and flat at any corpus size
+BLOCK_BYTES = 4 * 1024 * 1024
 MAX_BLOCK_ROWS = 8192
 
 
