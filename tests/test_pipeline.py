@@ -84,17 +84,23 @@ def test_chunk_spans_cover_the_corpus_in_order_and_grow():
     assert pipeline.chunk_spans([]) == []
 
 
-def test_one_chunk_runs_exactly_the_global_plan(tiny_embedder, monkeypatch: pytest.MonkeyPatch):
-    corpus = texts(40)
-    embedder = sibling(tiny_embedder, batch_size=8, max_tokens_per_batch=90)
-    seen: list[list[int]] = []
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The row lengths of every batch the model runs, in order (a spy on the forward pass)."""
+    batches: list[list[int]] = []
     forward = MoEEmbedder._forward
 
     def spy(self, rows, capture):
-        seen.append([len(r) for r in rows])
+        batches.append([len(r) for r in rows])
         return forward(self, rows, capture)
 
     monkeypatch.setattr(MoEEmbedder, "_forward", spy)
+    return batches
+
+
+def test_one_chunk_runs_exactly_the_global_plan(tiny_embedder, seen):
+    corpus = texts(40)
+    embedder = sibling(tiny_embedder, batch_size=8, max_tokens_per_batch=90)
     embedder.encode_parts(corpus)
     lengths = [len(ids) for ids in embedder.tokenize(corpus)]
     assert seen == [[lengths[i] for i in batch] for batch in plan_batches(lengths, 8, 90)]
@@ -218,16 +224,8 @@ def test_the_cheapest_plan_pads_less_than_filling_each_batch_with_no_more_batche
         plan_batches(lengths, 8, 64, batch_cost=-1)
 
 
-def test_auto_plans_the_cheapest_cuts_and_explicit_budgets_fill_each_batch(tiny_embedder, monkeypatch):
+def test_auto_plans_the_cheapest_cuts_and_explicit_budgets_fill_each_batch(tiny_embedder, monkeypatch, seen):
     corpus = texts(60, seed=5)
-    seen: list[list[int]] = []
-    forward = MoEEmbedder._forward
-
-    def spy(self, rows, capture):
-        seen.append([len(r) for r in rows])
-        return forward(self, rows, capture)
-
-    monkeypatch.setattr(MoEEmbedder, "_forward", spy)
     auto, explicit = sibling(tiny_embedder, max_tokens_per_batch="auto"), sibling(tiny_embedder, max_tokens_per_batch=90)
     monkeypatch.setattr(pipeline, "CPU_TOKEN_BUDGET", 90)
     lengths = [len(ids) for ids in auto.tokenize(corpus)]
