@@ -1,9 +1,8 @@
 """moee-plugins: any Mixture-of-Experts LLM as a training-free embedding model (MoEE), for every framework."""
 
-__version__ = "0.1.0"
-
 from .aliases import ModelAlias, get_alias, list_aliases, register_alias, unregister_alias
 from .core import MODES, PRESETS, MoEEmbedder, MoEEParts, PromptTemplate, Statistics, calibration_sentences
+from .core.version import __version__
 
 __all__ = [
     "MODES", "PRESETS", "ModelAlias", "MoEEParts", "MoEEmbedder", "PromptTemplate", "Statistics", "__version__",

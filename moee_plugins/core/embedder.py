@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..aliases import ModelAlias
 from . import options as opts
+from .aliases import ModelAlias
 from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
 from .combine import MODES, Standardizer, combine, combine_tensors, finite_rows, similarity, standardizer
 from .loading import (
@@ -45,6 +44,7 @@ from .prompts import PromptTemplate, instruction_template, resolve_prompt
 from .reduction import Reduction, check_dimensions
 from .routers import RoutingCapture, find_router_sites, select_sites, sized_from_logits
 from .standardize import Statistics, calibration_sentences
+from .version import __version__
 
 logger = logging.getLogger("moee_plugins")
 
@@ -322,6 +322,10 @@ class MoEEmbedder:
         show_progress_bar: bool | None = None,
     ) -> MoEEParts:
         """The raw channels of already tokenised inputs (as :meth:`tokenize` returns them), in input order."""
+        return self._encode_token_ids(self._token_id_rows(token_ids), self._batch_size(batch_size), show_progress_bar)
+
+    @staticmethod
+    def _token_id_rows(token_ids: Any) -> list[list[int]]:
         if isinstance(token_ids, (str, bytes, Mapping, set, frozenset)) or not isinstance(token_ids, Iterable):
             raise TypeError(f"token_ids must be a sequence of token-id sequences, got {type(token_ids).__name__}")
         rows: list[list[int]] = []
@@ -332,7 +336,31 @@ class MoEEmbedder:
             if not ids:
                 raise ValueError(f"token_ids[{i}] is empty: every input needs at least one token")
             rows.append(ids)
-        return self._encode_token_ids(rows, self._batch_size(batch_size), show_progress_bar)
+        return rows
+
+    def encode_batch(self, token_ids: Sequence[Sequence[int]]) -> MoEEParts:
+        """The raw channels of exactly these rows, as one forward pass: for a caller that plans its own batches
+        (the server). Nothing is re-planned; only an out-of-memory batch is halved and retried."""
+        rows = self._token_id_rows(token_ids)
+        if not rows:
+            return self._encode_token_ids(rows, None, False)
+        capture = RoutingCapture(self.sites, self.pooling, self.routing)
+        with self._lock, torch.inference_mode(), capture.attached():
+            both = self._forward_halving(rows, capture).cpu().numpy()
+        hidden, routing = both[:, : self.hidden_dim], both[:, self.hidden_dim :]
+        self._check_finite(hidden, routing)
+        return MoEEParts(hidden, routing, np.array([len(r) for r in rows], dtype=np.int64), list(self.layout))
+
+    def _forward_halving(self, rows: list[list[int]], capture: RoutingCapture) -> torch.Tensor:
+        try:
+            return self._forward(rows, capture)
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(rows) // 2
+            return torch.cat([self._forward_halving(rows[:half], capture), self._forward_halving(rows[half:], capture)])
 
     def encode(
         self,
