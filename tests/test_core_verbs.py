@@ -128,14 +128,14 @@ def test_batch_size_zero_is_an_error_not_the_default(tiny_embedder):
 
 
 # ---------------------------------------------------------------- statistics
-def test_combine_never_runs_the_model(shared, monkeypatch):
+def test_combine_never_runs_the_model(shared):
     embedder = shared()
     parts = embedder.encode_parts(TEXTS)
     embedder.statistics = None
-    monkeypatch.setattr(embedder, "_encode_token_ids", lambda *a, **k: pytest.fail("combine ran the model"))
-    with pytest.raises(RuntimeError, match="ensure_statistics"):
-        embedder.combine(parts)
-    assert embedder.combine(parts, "hs").shape == (len(TEXTS), embedder.hidden_dim)  # hs needs no statistics
+    with embedder.engine.observe(lambda forward_pass: pytest.fail("combine ran the model")):
+        with pytest.raises(RuntimeError, match="ensure_statistics"):
+            embedder.combine(parts)
+        assert embedder.combine(parts, "hs").shape == (len(TEXTS), embedder.hidden_dim)  # hs needs no statistics
 
 
 def test_ensure_statistics_calibrates_once_and_says_so(shared, tiny_embedder, caplog):
@@ -150,8 +150,8 @@ def test_ensure_statistics_calibrates_once_and_says_so(shared, tiny_embedder, ca
     np.testing.assert_array_equal(stats.hidden.mean, tiny_embedder.statistics.hidden.mean)
     hs_only = shared(mode="hs", statistics=None)
     hs_only.statistics = None
-    hs_only._encode_token_ids = lambda *a, **k: pytest.fail("hs mode calibrated")
-    assert hs_only.ensure_statistics() is None and hs_only.statistics is None
+    with hs_only.engine.observe(lambda forward_pass: pytest.fail("hs mode calibrated")):
+        assert hs_only.ensure_statistics() is None and hs_only.statistics is None
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")

@@ -64,21 +64,14 @@ class ForwardLog:
 
     @contextmanager
     def attached(self):
-        original = self.embedder._forward
-
-        def counting(rows, capture):
+        def counting(forward_pass):  # the engine's public listener, called before each pass that runs
             self.calls += 1
             if self.fail_on_call is not None and self.calls == self.fail_on_call:
                 raise KeyboardInterrupt("simulated interruption")
-            out = original(rows, capture)
-            self.rows.extend(tuple(r) for r in rows)
-            return out
+            self.rows.extend(tuple(r) for r in forward_pass.token_ids)
 
-        self.embedder._forward = counting
-        try:
+        with self.embedder.engine.observe(counting):
             yield self
-        finally:
-            del self.embedder._forward
 
 
 def token_rows(embedder: MoEEmbedder, texts) -> set[tuple[int, ...]]:

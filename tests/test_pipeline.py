@@ -45,9 +45,10 @@ def test_defaults_are_auto_budget_and_a_large_row_cap(tiny_embedder):
     assert options.OPTIONS["batch_size"].default == pipeline.DEFAULT_ROW_CAP
     assert fresh.batch_size == pipeline.DEFAULT_ROW_CAP
     assert fresh.config["max_tokens_per_batch"] == "auto"
-    assert fresh._token_budget() == pipeline.CPU_TOKEN_BUDGET
-    assert sibling(tiny_embedder, max_tokens_per_batch=None)._token_budget() is None
-    assert sibling(tiny_embedder, max_tokens_per_batch=77)._token_budget() == 77
+    assert fresh.engine.token_budget(fresh.max_tokens_per_batch) == pipeline.CPU_TOKEN_BUDGET
+    for setting, budget in ((None, None), (77, 77)):
+        other = sibling(tiny_embedder, max_tokens_per_batch=setting)
+        assert other.engine.token_budget(other.max_tokens_per_batch) == budget
 
 
 @pytest.mark.parametrize("bad", ["fast", "AUTO", 0, -3, 2.5, True])
@@ -84,23 +85,23 @@ def test_chunk_spans_cover_the_corpus_in_order_and_grow():
     assert pipeline.chunk_spans([]) == []
 
 
+class ForwardPasses(list):
+    """The row lengths of every batch the watched embedders run, in order (the engine's public listener)."""
+
+    def watch(self, *embedders: MoEEmbedder) -> None:
+        for embedder in embedders:
+            embedder.engine.add_listener(lambda forward_pass: self.append(forward_pass.lengths))
+
+
 @pytest.fixture
-def seen(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """The row lengths of every batch the model runs, in order (a spy on the forward pass)."""
-    batches: list[list[int]] = []
-    forward = MoEEmbedder._forward
-
-    def spy(self, rows, capture):
-        batches.append([len(r) for r in rows])
-        return forward(self, rows, capture)
-
-    monkeypatch.setattr(MoEEmbedder, "_forward", spy)
-    return batches
+def seen() -> ForwardPasses:
+    return ForwardPasses()
 
 
 def test_one_chunk_runs_exactly_the_global_plan(tiny_embedder, seen):
     corpus = texts(40)
     embedder = sibling(tiny_embedder, batch_size=8, max_tokens_per_batch=90)
+    seen.watch(embedder)
     embedder.encode_parts(corpus)
     lengths = [len(ids) for ids in embedder.tokenize(corpus)]
     assert seen == [[lengths[i] for i in batch] for batch in plan_batches(lengths, 8, 90)]
@@ -123,7 +124,7 @@ def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small
     threads: set[str] = set()
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
-    tokenize, forward = embedder_module.tokenize, MoEEmbedder._forward
+    tokenize = embedder_module.tokenize
 
     def spy_tokenize(tokenizer, template, items, max_length):
         with lock:
@@ -131,15 +132,14 @@ def test_tokenisation_runs_one_chunk_ahead_not_all_up_front(tiny_embedder, small
             threads.add(threading.current_thread().name)
         return tokenize(tokenizer, template, items, max_length)
 
-    def spy_forward(self, rows, capture):
+    def spy_forward(forward_pass):
         with lock:
-            events.append(("forward", len(rows)))
-        return forward(self, rows, capture)
+            events.append(("forward", forward_pass.rows))
 
     monkeypatch.setattr(embedder_module, "tokenize", spy_tokenize)
-    monkeypatch.setattr(MoEEmbedder, "_forward", spy_forward)
     corpus = texts(31, seed=2)
-    tiny_embedder.encode_parts(corpus)
+    with tiny_embedder.engine.observe(spy_forward):
+        tiny_embedder.encode_parts(corpus)
     chunks = [size for kind, size in events if kind == "tokenize"]
     assert chunks == [3, 6, 7, 7, 7, 1]
     assert any(name.startswith("moee-tokenize") for name in threads) == background
@@ -229,7 +229,8 @@ def test_auto_plans_the_cheapest_cuts_and_explicit_budgets_fill_each_batch(tiny_
     auto, explicit = sibling(tiny_embedder, max_tokens_per_batch="auto"), sibling(tiny_embedder, max_tokens_per_batch=90)
     monkeypatch.setattr(pipeline, "CPU_TOKEN_BUDGET", 90)
     lengths = [len(ids) for ids in auto.tokenize(corpus)]
-    assert auto._batch_cost() == pipeline.auto_batch_cost(90) and explicit._batch_cost() is None
+    seen.watch(auto, explicit)
+    assert auto.engine.batch_cost("auto") == pipeline.auto_batch_cost(90) and auto.engine.batch_cost(90) is None
     vectors = auto.encode(corpus)
     cheapest = plan_batches(lengths, auto.batch_size, 90, batch_cost=pipeline.auto_batch_cost(90))
     assert seen[-len(cheapest):] == [[lengths[i] for i in batch] for batch in cheapest]

@@ -74,27 +74,26 @@ def test_left_pad_puts_every_last_token_in_the_last_column():
 
 
 class FlakyForward:
-    """Stands in for ``_forward``: a simulated CUDA out-of-memory on any batch larger than ``limit`` rows."""
+    """A listener on the engine's forward passes (its public seam): a simulated CUDA out-of-memory on any batch
+    larger than ``limit`` rows, raised where the pass would run."""
 
-    def __init__(self, forward, limit: int) -> None:
-        self.forward = forward
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.calls: list[tuple[int, bool]] = []  # (rows, succeeded)
 
-    def __call__(self, rows, capture):
-        if len(rows) > self.limit:
-            self.calls.append((len(rows), False))
-            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated, {len(rows)} rows)")
-        self.calls.append((len(rows), True))
-        return self.forward(rows, capture)
+    def __call__(self, forward_pass):
+        if forward_pass.rows > self.limit:
+            self.calls.append((forward_pass.rows, False))
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated, {forward_pass.rows} rows)")
+        self.calls.append((forward_pass.rows, True))
 
 
 def test_out_of_memory_splits_the_batch_keeps_every_row_in_order_and_the_smaller_size_sticks(tiny_embedder, caplog):
     texts = TEXTS[:11]
     expected = tiny_embedder.encode(texts)
     embedder = sibling(tiny_embedder, max_tokens_per_batch=None)  # rows alone decide the batch here
-    flaky = FlakyForward(embedder._forward, limit=2)
-    embedder._forward = flaky
+    flaky = FlakyForward(limit=2)
+    embedder.engine.add_listener(flaky)
     with caplog.at_level(logging.WARNING, logger="moee_plugins"):
         got = embedder.encode(texts, batch_size=8)
 
@@ -116,7 +115,7 @@ def test_out_of_memory_splits_the_batch_keeps_every_row_in_order_and_the_smaller
 
 def test_out_of_memory_on_a_single_row_is_raised(tiny_embedder):
     embedder = sibling(tiny_embedder)
-    embedder._forward = FlakyForward(embedder._forward, limit=0)
+    embedder.engine.add_listener(FlakyForward(limit=0))
     with pytest.raises(torch.OutOfMemoryError):
         embedder.encode(TEXTS[:3], batch_size=4)
 
@@ -135,7 +134,7 @@ def test_an_external_progress_bar_advances_batch_by_batch(tiny_embedder):
     texts = [f"document number {i} " + "word " * (i % 7) for i in range(10)]
     parts = tiny_embedder.encode_parts(texts, batch_size=3, progress=bar)
     lengths = [len(ids) for ids in tiny_embedder.tokenize(texts)]
-    plan = plan_batches(lengths, 3, tiny_embedder._token_budget(), batch_cost=tiny_embedder._batch_cost())
+    plan = tiny_embedder.engine.plan(lengths, 3, tiny_embedder.max_tokens_per_batch)
     assert bar.steps == [len(batch) for batch in plan] and len(plan) > 1
     assert sum(bar.steps) == len(parts) == 10
 
@@ -144,7 +143,7 @@ def test_results_are_identical_whatever_the_host_copy_interval(tiny_embedder, mo
     """Pooled rows wait on the device and are copied in groups; every group lands in its own rows."""
     texts = [f"text {i} " + "filler " * (i % 9) for i in range(23)]
     reference = tiny_embedder.encode_parts(texts, batch_size=4)
-    monkeypatch.setattr("moee_plugins.core.embedder._FLUSH_ROWS", 5)
+    monkeypatch.setattr("moee_plugins.core.engine.FLUSH_ROWS", 5)
     grouped = tiny_embedder.encode_parts(texts, batch_size=4)
     np.testing.assert_array_equal(grouped.hidden, reference.hidden)
     np.testing.assert_array_equal(grouped.routing, reference.routing)

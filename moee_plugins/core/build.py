@@ -1,0 +1,102 @@
+"""The one builder of "a name or an embedder, plus options": every adapter, reader and command calls
+:func:`build_embedder`, so each refuses the same mistakes with the same words."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def check_arguments(model: Any, tokenizer: Any, statistics: Any) -> str:
+    """Refuse what :class:`MoEEmbedder` cannot be built from, by name; returns the model's name."""
+    from .standardize import Statistics
+
+    if isinstance(model, str):
+        name = model
+    elif isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: MoEEmbedder(model, tokenizer, ...)")
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    else:
+        raise TypeError(
+            f"model must be 'moee:<alias>', a hub id, a local directory or a PreTrainedModel, got {type(model).__name__}")
+    if tokenizer is not None and not isinstance(tokenizer, str) and not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a tokenizer or a hub id / directory, got {type(tokenizer).__name__}")
+    if statistics is not None and not isinstance(statistics, (Statistics, Mapping)):
+        raise TypeError(f"statistics must be a Statistics, its dict (Statistics.to_dict()) or None, "
+                        f"got {type(statistics).__name__}: {statistics!r:.80}")
+    return name
+
+
+def load_model_and_tokenizer(model: Any, reference: Any, tokenizer: Any, *, device: torch.device, dtype: torch.dtype,
+                             options: Mapping[str, Any]) -> tuple[Any, str, Any]:
+    """(base model, its path or name, tokenizer): loaded from ``reference`` (a resolved name) or taken as given."""
+    from .loading import base_model, load_model, load_tokenizer
+
+    trust = options["trust_remote_code"]
+    if reference is not None:
+        loaded = load_model(reference, device=device, dtype=dtype, quantization=options["quantization"],
+                            trust_remote_code=trust, model_kwargs=options["model_kwargs"])
+        path = reference.path
+    else:
+        loaded = base_model(model).eval()
+        path = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer or path, trust)
+    return loaded, path, tokenizer
+
+
+class EmbedderOptionsError(TypeError, ValueError):
+    """Options given together with an existing embedder: they would silently not apply to it. Both a TypeError
+    (the wrong kind of argument for an embedder) and a ValueError (a bad combination of values), so callers
+    catching either see it."""
+
+
+def build_embedder(model: Any = None, *, embedder: Any = None, config: Mapping[str, Any] | None = None,
+                   owner: str = "MoEEmbedder", options_name: str = "embedder options",
+                   reserved: tuple[str, ...] = (), **options: Any) -> Any:
+    """An existing embedder shared as is, or a new one.
+
+    Args:
+        model: ``"moee:<alias>"``, a hub id, a local directory, a loaded ``PreTrainedModel`` (give its
+            ``tokenizer`` in ``options``), or an existing :class:`MoEEmbedder` (same as ``embedder=``).
+        embedder: an existing embedder to share (one loaded model can serve several adapters); ``model``,
+            if given too, must name the same model.
+        config: an :attr:`MoEEmbedder.config` to rebuild from (``options`` override its fields; ``model`` is
+            then not used).
+        owner: who is asking, named in every error (``"MoEEmbeddings"``, ``"moee embed"``).
+        options_name: what the caller calls its options (``"model_kwargs"``), named in errors.
+        reserved: option names that are the caller's own fields, refused inside ``options``.
+        **options: :class:`MoEEmbedder` options for a new embedder.
+    """
+    from .embedder import MoEEmbedder
+
+    if isinstance(model, MoEEmbedder):
+        model, embedder = None, model
+    if embedder is not None:
+        if not isinstance(embedder, MoEEmbedder):
+            raise TypeError(f"{owner}: embedder must be a moee_plugins.MoEEmbedder, got {type(embedder).__name__}")
+        if options or config is not None:
+            given = sorted(options) if options else ["config"]
+            raise EmbedderOptionsError(
+                f"{owner} got an existing MoEEmbedder and {options_name} {given}: {options_name} only apply when "
+                "loading a model and cannot change the embedder; configure the embedder itself, or pass a model "
+                "name instead")
+        if model is not None and model != embedder.config["model"]:
+            raise ValueError(f"{owner}: model={model!r} disagrees with the wrapped embedder's model "
+                             f"{embedder.config['model']!r}; pass only one of them")
+        return embedder
+    clash = sorted(set(options) & set(reserved))
+    if clash:
+        raise ValueError(f"{owner}: set {clash} as the adapter's own fields, not inside {options_name}")
+    if config is not None:
+        return MoEEmbedder.from_config(dict(config), **options)
+    if model is None:
+        raise ValueError(f"{owner} needs a model ('moee:<alias>', a hub id or a local directory), a config, or an "
+                         "existing embedder=MoEEmbedder(...)")
+    if not isinstance(model, (str, torch.nn.Module)):
+        raise TypeError(f"{owner}: model must be 'moee:<alias>', a hub id, a local directory or a MoEEmbedder, "
+                        f"got {type(model).__name__}; wrap a loaded model with embedder=MoEEmbedder(model, tokenizer)")
+    return MoEEmbedder(model, **options)
