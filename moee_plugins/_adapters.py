@@ -1,15 +1,15 @@
-"""What the LangChain and LlamaIndex adapters share: one way to build or reuse the core embedder, and the core's
+"""What the LangChain and LlamaIndex adapters share: the core's builder with their field names, and the core's
 vectors as the plain ``list[list[float]]`` both frameworks expect. Policies (input checks, prompt rule,
 per-call mode/alpha, compact sizes) are the core's."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .core import MoEEmbedder, check_texts
+from .core.build import build_embedder
 
 _ADAPTER_FIELDS = ("mode", "alpha", "dimensions")  # adapter fields that would be given twice inside model_kwargs
 FIELDS: dict[str, dict[str, Any]] = {  # the pydantic Field(...) arguments both adapters declare
@@ -25,35 +25,12 @@ FIELDS: dict[str, dict[str, Any]] = {  # the pydantic Field(...) arguments both 
 }
 
 
-def build_embedder(owner: str, model: str | None, embedder: MoEEmbedder | None,
-                   model_kwargs: Mapping[str, Any] | None) -> MoEEmbedder:
-    """The wrapped ``embedder`` as is (one loaded model can serve several adapters), or a new one on ``model``."""
-    if embedder is not None:
-        if not isinstance(embedder, MoEEmbedder):
-            raise TypeError(f"{owner}: embedder must be a moee_plugins.MoEEmbedder, got {type(embedder).__name__}")
-        if model_kwargs:
-            raise ValueError(f"{owner}: model_kwargs only apply when loading a model; "
-                             f"they cannot change the wrapped embedder (got {sorted(model_kwargs)})")
-        if model is not None and model != embedder.config["model"]:
-            raise ValueError(f"{owner}: model={model!r} disagrees with the wrapped embedder's model "
-                             f"{embedder.config['model']!r}; pass only one of them")
-        return embedder
-    if model is None:
-        raise ValueError(f"{owner} needs a model ('moee:<alias>', a hub id or a local directory) "
-                         "or an existing embedder=MoEEmbedder(...)")
-    if not isinstance(model, str):
-        raise TypeError(f"{owner}: model must be a string ('moee:<alias>', a hub id or a local directory), "
-                        f"got {type(model).__name__}; wrap a loaded model with embedder=MoEEmbedder(model, tokenizer)")
-    clash = sorted(set(model_kwargs or {}) & set(_ADAPTER_FIELDS))
-    if clash:
-        raise ValueError(f"{owner}: set {clash} as the adapter's own fields, not inside model_kwargs")
-    return MoEEmbedder(model, **dict(model_kwargs or {}))
-
-
 def attach_embedder(adapter: Any, owner: str, model: str | None, embedder: MoEEmbedder | None) -> MoEEmbedder:
-    """Build or reuse the core embedder, check the adapter's prompts with the core's rule, and fill the adapter's
-    ``mode``/``alpha`` from it when unset. Returns the embedder to keep."""
-    core = build_embedder(owner, model, embedder, adapter.model_kwargs)
+    """Build or reuse the core embedder (the core's one builder: the wrapped ``embedder`` as is, so one loaded model
+    can serve several adapters, or a new one on ``model`` with ``model_kwargs``), check the adapter's prompts with
+    the core's rule, and fill the adapter's ``mode``/``alpha`` from it when unset. Returns the embedder to keep."""
+    core = build_embedder(model, embedder=embedder, owner=owner, options_name="model_kwargs",
+                          reserved=_ADAPTER_FIELDS, **dict(adapter.model_kwargs or {}))
     for field in ("query_prompt", "document_prompt"):
         try:
             core.prompt_for(getattr(adapter, field))

@@ -185,7 +185,7 @@ def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
 def module_for(reference: str, kwargs: dict[str, Any]) -> Any:
     """The ``MoEEModule`` for ``SentenceTransformer("moee:...", **kwargs)``; consumes the loading arguments in
     kwargs (the rest go to ``SentenceTransformer``). The base model's remote code follows ``trust_remote_code``."""
-    from .core import MoEEmbedder
+    from .core.build import build_embedder
     from .sentence_transformers import MoEEModule
 
     if kwargs.pop("modules", None) is not None:
@@ -209,8 +209,8 @@ def module_for(reference: str, kwargs: dict[str, Any]) -> Any:
             return MoEEModule.load(saved, trust_remote_code=trust_remote_code, model_kwargs=module_kwargs or None)
         finally:
             REQUESTED_DEVICE.reset(token)
-    embedder = MoEEmbedder(reference, device=kwargs.get("device"), trust_remote_code=trust_remote_code,
-                           model_kwargs=loading or None, **embedder_options)
+    embedder = build_embedder(reference, owner="SentenceTransformer(...)", device=kwargs.get("device"),
+                              trust_remote_code=trust_remote_code, model_kwargs=loading or None, **embedder_options)
     module = MoEEModule(embedder, source=reference, **adapter)
     kwargs["similarity_fn_name"] = kwargs.get("similarity_fn_name") or module.similarity_fn_name
     return module

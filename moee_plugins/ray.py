@@ -21,6 +21,7 @@ import numpy as np
 
 from ._extras import require
 from .core import MoEEmbedder, check_texts, options
+from .core.build import build_embedder
 from .core.prompts import PRESETS, instruction_template
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,15 +44,6 @@ def _ray_data() -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- actors
-def _build_embedder(model: str | None, config: Mapping[str, Any] | None, embedder_options: Mapping[str, Any],
-                    ) -> MoEEmbedder:
-    if config is not None:
-        return MoEEmbedder.from_config(dict(config), **embedder_options)
-    if model is None:
-        raise ValueError("MoEEPredictor needs model= ('moee:<alias>', a hub id or a directory) or config=")
-    return MoEEmbedder(model, **embedder_options)
-
-
 def _column_texts(values: Sequence[Any], column: str) -> list[str]:
     """Strings of a text column, by the core's one input rule (a null is refused, as the corpus readers do)."""
     return check_texts(list(values), item=f"column {column!r}: row {{i}} of this batch")[0]
@@ -101,7 +93,7 @@ class MoEEPredictor:
         self.text_column = text_column
         self.output_column = output_column
         self.prompt = prompt
-        self.embedder = _build_embedder(model, config, embedder_options)
+        self.embedder = build_embedder(model, config=config, owner="MoEEPredictor", **embedder_options)
         if self.embedder.needs_statistics():
             logger.warning("MoEEPredictor got no standardisation statistics: this actor calibrates on its own; "
                            "build the arguments with moee_plugins.ray.predictor_kwargs() to calibrate once")
@@ -150,7 +142,7 @@ class MoEEPredictor:
 def _calibrated_statistics(model: str, embedder_options: Mapping[str, Any],
                            calibration_texts: Sequence[str] | None) -> dict[str, Any]:
     """Load the embedder, fix its statistics (on ``calibration_texts`` or the built-in sentences), return them."""
-    return _build_embedder(model, None, embedder_options).fix_statistics(calibration_texts).to_dict()
+    return build_embedder(model, owner="predictor_kwargs", **embedder_options).fix_statistics(calibration_texts).to_dict()
 
 
 def predictor_kwargs(

@@ -103,9 +103,9 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 def load_embedder(args: argparse.Namespace) -> Any:
     """The embedder :func:`add_model_options`' flags describe (loads the model); a bad model, alias, prompt or
     dtype is the user's error."""
-    from ..core import MoEEmbedder
+    from ..core.build import build_embedder
 
     try:
-        return MoEEmbedder(args.model, **embedder_kwargs(args))
+        return build_embedder(args.model, owner="moee", **embedder_kwargs(args))
     except (OSError, ValueError, TypeError, ImportError) as exc:
         raise UsageError(f"cannot load model {args.model!r}: {exc}") from exc

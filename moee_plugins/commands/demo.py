@@ -105,9 +105,9 @@ def _readme(model: str, tiny: bool, query: str) -> str:
 def _search(model: str, device: str | None, query: str, corpus: list[dict[str, Any]],
             vectors: np.ndarray) -> list[tuple[float, dict[str, Any]]]:
     """The ``TOP_K`` documents whose vectors score highest against the query's, by the mode's own similarity."""
-    from ..core import MoEEmbedder
+    from ..core.build import build_embedder
 
-    embedder = MoEEmbedder(model, device=device)
+    embedder = build_embedder(model, owner="moee demo", device=device)
     if len(vectors) != len(corpus) or vectors.shape[1] != embedder.dim:
         raise UsageError(f"vectors.npy has shape {vectors.shape}, expected ({len(corpus)}, {embedder.dim})")
     scores = embedder.similarity(embedder.encode([query], show_progress_bar=False), vectors)[0]

@@ -87,26 +87,19 @@ def build_embedder(args: argparse.Namespace) -> Any:
     return load_embedder(args)
 
 
-def settings_fingerprint(embedder: Any) -> dict[str, Any]:
-    """The options that determine the vectors (the core's options table decides which): the embedder's
-    config without runtime options (batching regroups the same computation, so a resumed run may change it,
-    e.g. after running out of memory), with its dtype resolved; the statistics are fingerprinted on their own."""
-    from ..core import options
+def run_identity(embedder: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings, model files) a run's vectors depend on: the core's one identity
+    (:func:`moee_plugins.core.persistence.identity`: options of kind parts and vectors, model, dtype, shapes, file
+    contents) with the package version. Batching is not in it (it regroups the same computation, so a resumed
+    run may change it, e.g. after running out of memory). The files, the statistics and the compact-vector request
+    are recorded on their own, so a refusal names what changed."""
+    from ..core.persistence import identity
+    from ..core.version import __version__
 
-    config = embedder.config
-    settings = {"model": config.get("model"), **options.vector_options(config),
-                "moee_plugins_version": config.get("moee_plugins_version")}
-    settings["dtype"] = str(embedder.dtype).removeprefix("torch.")
-    settings["dim"] = int(embedder.dim)
-    return settings
-
-
-def model_fingerprint(embedder: Any) -> dict[str, Any]:
-    """The content of the model's and tokenizer's files (see :mod:`moee_plugins.io.fingerprint`)."""
-    from ..io.fingerprint import model_files_fingerprint
-
-    tokenizer = embedder.config.get("tokenizer")
-    return model_files_fingerprint(str(embedder.model_path), tokenizer if isinstance(tokenizer, str) else None)
+    settings = identity(embedder, "vectors", fitted=False)
+    files = settings.pop("files")
+    settings["moee_plugins_version"] = __version__
+    return settings, files
 
 
 def input_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,15 +198,14 @@ def read_statistics_file(path: str | Path) -> tuple[dict[str, Any], dict[str, An
 
 
 def raw_part_settings(embedder: Any) -> dict[str, Any]:
-    """The settings standardisation statistics depend on (those that change the raw HS/RW parts)."""
-    from ..core import options
+    """The settings standardisation statistics depend on: the core's identity of the raw parts, by content (the
+    same files under another name, an alias or a copy, are the same model; a hub id not in the local cache is
+    identified by its name)."""
+    from ..core.persistence import content_identity, identity
 
-    settings = settings_fingerprint(embedder)
-    raw = {key: settings.get(key) for key in options.names("parts") if key != "tokenizer"}  # tokenizer: by its files
-    files = model_fingerprint(embedder)
-    raw["model_files"] = files  # the same files under another name (an alias, a copy) are the same model
-    if files.get("model") is None:  # a hub id not in the local cache: only its name identifies it
-        raw["model"] = settings.get("model")
+    raw = content_identity(identity(embedder, "parts"))
+    raw.pop("tokenizer", None)  # a separate tokenizer is identified by its files
+    raw["model_files"] = raw.pop("files")
     return raw
 
 
@@ -233,6 +225,18 @@ def _apply_statistics_file(embedder: Any, path: str) -> dict[str, Any]:
     except (ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"cannot use the statistics in {path}: {exc}") from exc
     return embedder.config["statistics"]
+
+
+def _check_model_files(sharded: Any, model_files: dict[str, Any]) -> None:
+    """Refuse to resume when the model's files changed, even at the same path: the finished shards were computed
+    with the old weights or tokenizer."""
+    from ..io import ShardError
+
+    try:
+        sharded.check({"model_files": model_files})
+    except ShardError as exc:
+        raise UsageError(f"the model's files changed since the interrupted run (other weights or another tokenizer "
+                         f"at the same path), so its finished shards no longer match this model: {exc}") from None
 
 
 def _check_dimensions(embedder: Any, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -344,10 +348,10 @@ def run(args: argparse.Namespace) -> int:
 
     with quiet_libraries(args.quiet):
         embedder = build_embedder(args)
-    settings = settings_fingerprint(embedder)
-    model_files = model_fingerprint(embedder)
+    settings, model_files = run_identity(embedder)
     if sharded is not None:
-        sharded.check({"settings": settings, "model_files": model_files})
+        sharded.check({"settings": settings})
+        _check_model_files(sharded, model_files)
         recorded = sharded.manifest.get("statistics")
         sharded.check({"statistics": statistics_digest(recorded)})  # the manifest's statistics were not edited
         if args.statistics is not None:

@@ -95,12 +95,12 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _run_on_ray(args, options, settings)
 
-    from ..core import MoEEmbedder
+    from ..core.build import build_embedder
     from ..serve import create_app
     from ..serve.server import make_server
 
     def load() -> Any:
-        return MoEEmbedder(args.model, **options)
+        return build_embedder(args.model, owner="moee serve", **options)
 
     app = create_app(load, settings)
     server = make_server(app, args.host, args.port, log_level=args.log_level)

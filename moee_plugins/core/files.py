@@ -4,10 +4,11 @@ A file is identified by its content, not its name: files up to :data:`FULL_HASH_
 their bytes; larger ones (weights) by their size, modification time and the SHA-256 of :data:`SAMPLES` evenly
 spaced 1 MiB blocks, so a 14 GB checkpoint costs 16 MiB of reading, not 14 GB.
 
-Affordability: each digest is also kept for the life of the process, keyed by the file's path, size,
-modification time, change time and inode, so the second identity of one model in a process (the evaluation
-cache, then a save) reads nothing; a file rewritten in place changes its change time (which no tool can set
-back), so it is read again.
+Affordability: small files are hashed in full every time (64 MiB hash in a fraction of a second, so a file
+rewritten in place is always seen). A large file's digest is also kept for the life of the process, keyed by
+its path, size, modification time, change time and inode, so the next identity of the same model in a
+process (the evaluation cache, then a save) reads nothing; a large file rewritten in place changes its size
+or times, so it is read again.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def file_digest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-    with _memo_lock:
-        known = _memo.get(key)
-    if known is not None:
-        return dict(known)
+    if stat.st_size > FULL_HASH_BYTES:
+        with _memo_lock:
+            known = _memo.get(key)
+        if known is not None:
+            return dict(known)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         if stat.st_size <= FULL_HASH_BYTES:
@@ -46,8 +48,9 @@ def file_digest(path: str | Path) -> dict[str, Any]:
                 handle.seek(k * step)
                 digest.update(handle.read(_BLOCK))
             result = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sampled_sha256": digest.hexdigest()}
-    with _memo_lock:
-        _memo[key] = dict(result)
+    if stat.st_size > FULL_HASH_BYTES:
+        with _memo_lock:
+            _memo[key] = dict(result)
     return result
 
 

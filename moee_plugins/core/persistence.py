@@ -127,7 +127,7 @@ def identity(embedder: Any, kind: str = "vectors", *, fitted: bool = True) -> di
     tokenizer = embedder.tokenizer_reference
     out.update(model=model_reference(embedder.model_path),
                files=model_files_fingerprint(str(embedder.model_path), tokenizer),
-               model_config_sha256=value_digest(embedder.model.config.to_dict()),
+               model_config_sha256=value_digest(_model_config(embedder.model)),
                tokenizer_size=len(embedder.tokenizer), resolved_dtype=str(embedder.dtype).removeprefix("torch."),
                hidden_dim=embedder.hidden_dim, routing_dim=embedder.routing_dim)
     if kind == "vectors":
@@ -140,18 +140,27 @@ def identity(embedder: Any, kind: str = "vectors", *, fitted: bool = True) -> di
     return out
 
 
-def content_identity(embedder: Any, kind: str = "vectors", *, fitted: bool = True) -> dict[str, Any]:
-    """:func:`identity` without the model's name when its files are known: the same files under another name
+def _model_config(model: Any) -> dict[str, Any]:
+    """The model's config as it shapes the computation: without where it was loaded from."""
+    described = model.config.to_dict()
+    described.pop("_name_or_path", None)
+    return described
+
+
+def content_identity(described: Mapping[str, Any]) -> dict[str, Any]:
+    """An :func:`identity` without the model's name when its files are known: the same files under another name
     (an alias, a copy) are the same model."""
-    out = identity(embedder, kind, fitted=fitted)
-    if out["files"].get("model") is not None:
-        out.pop("model")
+    out = dict(described)
+    if (out.get("files") or {}).get("model") is not None:
+        out.pop("model", None)
     return out
 
 
-def identity_digest(embedder: Any, kind: str = "vectors", *, length: int = 16) -> str:
-    """A short digest of :func:`content_identity`: one name for "these weights + tokenizer + options"."""
-    return (value_digest(content_identity(embedder, kind)) or "")[:length]
+def identity_digest(described: Mapping[str, Any], length: int = 16) -> str:
+    """A short name for an :func:`identity` ("these weights + tokenizer + options"), by content
+    (:func:`content_identity`): the evaluation cache's folder name, the server's log line, a saved folder's
+    ``moee_identity.json``."""
+    return (value_digest(content_identity(described)) or "")[:length]
 
 
 # ---------------------------------------------------------------------------------------------- folders
@@ -181,9 +190,9 @@ def save_pretrained(embedder: Any, directory: str | os.PathLike[str], *, include
     if statistics is not None:
         (path / STATISTICS_FILE).write_text(json.dumps(statistics), encoding="utf-8")
     embedder.tokenizer.save_pretrained(str(path))
-    (path / IDENTITY_FILE).write_text(json.dumps({"digest": identity_digest(embedder),
-                                                  "identity": identity(embedder)}, indent=2, default=str),
-                                      encoding="utf-8")
+    described = identity(embedder)
+    (path / IDENTITY_FILE).write_text(json.dumps({"digest": identity_digest(described), "identity": described},
+                                                 indent=2, default=str), encoding="utf-8")
     return path
 
 

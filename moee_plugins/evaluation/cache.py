@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core.embedder import MoEEmbedder
 from ..core.parts import MoEEParts
+from ..core.persistence import identity, identity_digest
 from ..core.prompts import PromptTemplate, prompt_to_config, resolve_prompt
 
 logger = logging.getLogger(__name__)
@@ -31,20 +32,15 @@ KEY_BYTES = 16
 
 
 def parts_fingerprint(embedder: MoEEmbedder) -> tuple[str, dict[str, Any]]:
-    """A short digest of everything that determines an embedder's raw parts of a prompted text, and its inputs.
+    """A short digest of everything that determines an embedder's raw parts of a prompted text, and its inputs:
+    the core's one identity of kind "parts" (options, dtype, shapes, model config and the weight and tokenizer
+    files' contents), so another checkpoint at the same path gets another directory.
 
     The prompt is not part of it (it is part of each entry's key): one directory serves every prompt.
     """
-    # the core's parts fingerprint (options of kind "parts", resolved model and dtype, shapes) names the directory;
-    # the prompt is part of each entry's key instead, and "moee:olmoe" and its hub id share a cache
-    config = embedder.fingerprint("parts")
-    config.pop("prompt", None)
-    config["model_config_sha256"] = hashlib.sha256(
-        json.dumps(embedder.model.config.to_dict(), sort_keys=True, default=str).encode("utf-8")
-    ).hexdigest()
-    config["tokenizer_vocab_size"] = len(embedder.tokenizer)
-    blob = json.dumps(config, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16], config
+    described = identity(embedder, "parts")
+    described.pop("prompt", None)
+    return identity_digest(described), described
 
 
 def text_key(prompt: str | PromptTemplate | None, text: str) -> bytes:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
+from ..core.build import build_embedder
 from ..core.combine import MODES
 from ..core.embedder import MoEEmbedder
 from ..core.prompts import PromptTemplate, prompt_to_config, resolve_prompt
@@ -146,12 +147,9 @@ def run(
     alpha_value = parse_alpha(alpha)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, MoEEmbedder):
-        if embedder_kwargs:
-            raise TypeError("embedder_kwargs apply only when model is not a MoEEmbedder")
-        embedder = model
-    else:
-        embedder = MoEEmbedder(model, prompt=prompt if prompt is not None else "prompteol", **(embedder_kwargs or {}))
+    defaults = {} if isinstance(model, MoEEmbedder) else {"prompt": prompt if prompt is not None else "prompteol"}
+    embedder = build_embedder(model, owner="moee_plugins.evaluation.run", options_name="embedder_kwargs",
+                              **defaults, **(embedder_kwargs or {}))
     template = embedder.prompt if prompt is None else resolve_prompt(prompt)
     store = PartsStore.for_embedder(embedder, cache_dir if cache_dir is not None else output / "parts-cache",
                                     shard_size=shard_size)

@@ -178,8 +178,12 @@ class DynamicBatcher:
 
     @staticmethod
     def _prepare(embedder: Any) -> None:
-        """Fix the standardisation statistics now, not inside the first request."""
+        """Fix the standardisation statistics now, not inside the first request; log what is served."""
         embedder.ensure_statistics()
+        if hasattr(embedder, "model_reference"):  # the core's one identity: weights + tokenizer + vector options
+            from ..core.persistence import identity, identity_digest
+
+            logger.info("serving %s (identity %s)", embedder.model_reference, identity_digest(identity(embedder)))
 
     def _take_window(self) -> list[tuple[EmbeddingJob, int]] | None:
         """Wait for rows (up to ``max_wait_ms`` after the oldest arrived, unless a batch is already full) and
