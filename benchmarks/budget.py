@@ -48,7 +48,9 @@ def main() -> int:
     rows = []
     for budget in budgets:
         use(emb, budget)
-        processed, batches = c.planned_tokens(lengths, args.rows, emb._token_budget(), batch_cost=emb._batch_cost())
+        setting = emb.max_tokens_per_batch
+        processed, batches = c.planned_tokens(lengths, args.rows, emb.engine.token_budget(setting),
+                                              batch_cost=emb.engine.batch_cost(setting))
         rows.append([str(budget), batches, sum(lengths) / processed, min(times[budget]), c.median(times[budget]),
                      min(times[budget]) / best])
     c.emit(c.table(["budget", "batches", "real share", "seconds (min)", "(median)", "x best"], rows))

@@ -47,7 +47,7 @@ def bfloat16() -> None:
     texts = list(calibration_sentences()[:64])
     auto = MoEEmbedder(str(FIXTURE / "model"), device="cuda")
     full = MoEEmbedder(str(FIXTURE / "model"), device="cuda", dtype="float32")
-    full.set_statistics(auto._statistics_for("sum"))
+    full.set_statistics(auto.ensure_statistics("sum"))
     a, f = auto.encode(texts), full.encode(texts)
     cos = float(np.min(np.sum(a * f, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(f, axis=1))))
     check("dtype auto on cuda", auto.dtype == torch.bfloat16, f"dtype {auto.dtype}")
@@ -85,7 +85,7 @@ def oom_split() -> None:
     emb.calibrate(texts[:64])
     torch.cuda.reset_peak_memory_stats()
     vectors = emb.encode(texts)
-    cap = emb._row_cap
+    cap = emb.engine.row_cap
     reference = MoEEmbedder(model, tokenizer, mode="sum", device="cuda", batch_size=4, max_length=1024,
                             statistics=emb.statistics)
     probe = [0, 1, 383, 767]

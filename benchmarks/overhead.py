@@ -48,10 +48,11 @@ def main() -> int:
         candidates["defaults"] = lambda: defaults.encode(texts, show_progress_bar=False)
         defaults.encode(texts[:8], show_progress_bar=False)
         d_lengths = [len(row) for row in defaults.tokenize(texts)]
-        d_processed, d_batches = c.planned_tokens(d_lengths, defaults.batch_size, defaults._token_budget(),
-                                                 batch_cost=defaults._batch_cost())
-        c.emit(f"defaults: row cap {defaults.batch_size}, max_tokens_per_batch={defaults.max_tokens_per_batch!r} "
-               f"-> {defaults._token_budget()} padded tokens; {d_batches} batches, {d_processed:,} processed tokens")
+        setting = defaults.max_tokens_per_batch
+        d_processed, d_batches = c.planned_tokens(d_lengths, defaults.batch_size, defaults.engine.token_budget(setting),
+                                                 batch_cost=defaults.engine.batch_cost(setting))
+        c.emit(f"defaults: row cap {defaults.batch_size}, max_tokens_per_batch={setting!r} "
+               f"-> {defaults.engine.token_budget(setting)} padded tokens; {d_batches} batches, {d_processed:,} processed tokens")
 
     c.run_bare(body, batches[:2], s.device)  # warm-up: kernels, allocator
     emb.encode(texts[:8], show_progress_bar=False)

@@ -86,7 +86,8 @@ def child(n: int, seed: int, one_chunk: bool) -> dict[str, float]:
     result = n * (2 * (emb.hidden_dim + emb.routing_dim) * 4 + 8 + 8)
     assert vectors.shape == (n, emb.dim)
     return {"docs": n, "seconds": seconds, "peak_bytes": peak, "result_bytes": result,
-            "working_bytes": peak - result, "budget": emb._token_budget(), "row_cap": emb.batch_size}
+            "working_bytes": peak - result, "budget": emb.engine.token_budget(emb.max_tokens_per_batch),
+            "row_cap": emb.batch_size}
 
 
 def main() -> int:

@@ -60,8 +60,9 @@ def main() -> int:
     if defaults is not None:
         seconds["defaults"] = c.timed(lambda: defaults.encode(texts, show_progress_bar=False), s.device)
         d_lengths = [len(row) for row in defaults.tokenize(texts)]
-        defaults_processed = c.planned_tokens(d_lengths, defaults.batch_size, defaults._token_budget(),
-                                            batch_cost=defaults._batch_cost())[0]
+        setting = defaults.max_tokens_per_batch
+        defaults_processed = c.planned_tokens(d_lengths, defaults.batch_size, defaults.engine.token_budget(setting),
+                                              batch_cost=defaults.engine.batch_cost(setting))[0]
     if not args.skip_head_free:
         seconds["no head"] = c.timed(reference(False), s.device)
     seconds["head"] = c.timed(reference(True), s.device)

@@ -73,7 +73,8 @@ class MoEEPredictor:
     Args:
         model: ``"moee:<alias>"``, a hub id or a directory every node can read (or give ``config``).
         config: an :attr:`MoEEmbedder.config` (statistics included) to rebuild the embedder from.
-        text_column: the column holding the texts; a null counts as an empty text.
+        text_column: the column holding the texts; a null is refused (fill or drop it first), as the corpus
+            readers do.
         output_column: the vector column to add (replaced if present).
         prompt: a prompt for this job only (the core's prompt rule; default: the embedder's).
         **embedder_options: :class:`moee_plugins.MoEEmbedder` arguments (``mode``, ``device``,
@@ -246,9 +247,9 @@ def embed_dataset(
     ``ds.context.execution_options.preserve_order`` is set, so carry an id column. ``concurrency`` is the
     number of actors (or a ``(min, max)`` autoscaling range), ``num_gpus``/``num_cpus`` what each one holds,
     ``batch_size`` the rows Ray hands an actor per call, which the embedder sorts by length and splits into
-    forward passes of at most ``forward_batch_size`` rows (the embedder's ``batch_size``). An actor that dies
-    is restarted and its batch retried (Ray Data's actor-pool defaults: ``max_restarts=-1``,
-    ``max_task_retries=-1``).
+    forward passes under its padded-token budget and of at most ``forward_batch_size`` rows (the embedder's
+    ``batch_size``). An actor that dies is restarted and its batch retried (Ray Data's actor-pool defaults:
+    ``max_restarts=-1``, ``max_task_retries=-1``).
 
     Example:
         >>> import ray

@@ -12,7 +12,7 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
 
-import moee_plugins.core.embedder as core_embedder
+import moee_plugins.core.loading as core_loading
 from moee_plugins.langchain import MoEEmbeddings
 
 DOCS = [
@@ -36,7 +36,7 @@ def test_wraps_an_existing_embedder_without_loading(tiny_embedder, monkeypatch: 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded a second time")
 
-    monkeypatch.setattr(core_embedder, "load_model", no_loading)
+    monkeypatch.setattr(core_loading, "load_model", no_loading)  # where the one builder loads
     first = MoEEmbeddings(embedder=tiny_embedder)
     second = MoEEmbeddings(embedder=first.embedder, mode="hs", query_prompt="query: {text}")
     assert first.embedder is tiny_embedder

@@ -14,7 +14,7 @@ import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.schema import TextNode
 
-import moee_plugins.core.embedder as core_embedder
+import moee_plugins.core.loading as core_loading
 from moee_plugins import MoEEmbedder
 from moee_plugins.llama_index import MoEEmbedding
 
@@ -85,7 +85,7 @@ def test_shares_an_embedder_without_loading(tiny_embedder, monkeypatch: pytest.M
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded a second time")
 
-    monkeypatch.setattr(core_embedder, "load_model", no_loading)
+    monkeypatch.setattr(core_loading, "load_model", no_loading)  # where the one builder loads
     first = MoEEmbedding(embedder=tiny_embedder)
     second = MoEEmbedding(embedder=first.embedder, mode="rw", embed_batch_size=4)
     assert first.embedder is tiny_embedder and second.embedder is tiny_embedder

@@ -29,7 +29,6 @@ from ._options import add_model_options, add_text_options, check_positive, embed
 
 DEFAULT_SHARD_SIZE = 1024
 STATISTICS_FORMAT = "moee-statistics"
-# config keys that change the raw parts (HS, RW) and so the statistics fitted on them
 
 
 class Terminated(BaseException):
@@ -83,7 +82,7 @@ def register(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------- pieces (also used by tests)
 def build_embedder(args: argparse.Namespace) -> Any:
-    """The embedder the options describe (loads the model)."""
+    """The embedder the options describe (loads the model with the core's one builder); tests replace it."""
     return load_embedder(args)
 
 

@@ -140,9 +140,9 @@ def _cheapest_cuts(sorted_lengths: Sequence[int], batch_size: int, max_tokens_pe
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), left-padded: the paper code's layout. Never fed to the model here (the
-    forward pass uses :func:`right_pad`); kept for feature tensors that are unpadded again by their mask
-    (sentence-transformers) and for benchmarks that replay the reference."""
+    """(input_ids, attention_mask), left-padded: the paper code's layout. Never fed to the model here (every
+    forward pass, the sentence-transformers features included, uses :func:`right_pad`); kept for the benchmarks
+    that replay the reference."""
     width = max(len(row) for row in rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)

@@ -53,7 +53,8 @@ class MoEEmbedder:
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
             ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
             ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
-            alias's default (``moee:<alias>``), else the table's. ``max_tokens_per_batch="auto"`` (default):
+            alias's default (``moee:<alias>``), else the table's; an option added to the table is accepted here
+            by name (an unknown name is refused, listing the valid ones). ``max_tokens_per_batch="auto"`` (default):
             the padded-token budget chosen for the device (:mod:`moee_plugins.core.pipeline`; 2,048 on a CPU).
         reduction: a fitted dimension reduction (a :class:`Reduction` or its dict), e.g. from a saved config;
             see :meth:`fit_reduction` and ``encode(..., dimensions=)``.
@@ -69,8 +70,8 @@ class MoEEmbedder:
                  quantization: str | None = DEFAULT, max_length: int = DEFAULT, batch_size: int = DEFAULT,
                  max_tokens_per_batch: int | None = DEFAULT, trust_remote_code: bool = False,
                  model_kwargs: dict[str, Any] | None = DEFAULT, statistics: Statistics | dict[str, Any] | None = None,
-                 reduction: Reduction | dict[str, Any] | None = None) -> None:
-        given = {"mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
+                 reduction: Reduction | dict[str, Any] | None = None, **more_options: Any) -> None:
+        given = {**more_options, "mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
                  "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
                  "quantization": quantization, "max_length": max_length, "batch_size": batch_size,
                  "max_tokens_per_batch": max_tokens_per_batch, "trust_remote_code": trust_remote_code,
@@ -81,8 +82,7 @@ class MoEEmbedder:
         self.tokenizer_reference: str | None = tokenizer if isinstance(tokenizer, str) else None
         given["tokenizer"] = self.tokenizer_reference
         self.options = opts.resolve(given, alias.defaults if alias else None, alias.name if alias else "")
-        for name in ("mode", "pooling", "routing", "alpha", "layers", "standardize", "normalize", "quantization",
-                     "max_length", "batch_size", "max_tokens_per_batch", "trust_remote_code", "model_kwargs"):
+        for name in set(opts.OPTIONS) - {"prompt", "dtype", "tokenizer"}:  # every option of the table, as an attribute
             setattr(self, name, self.options[name])
         self.prompt = resolve_prompt(self.options["prompt"])
         self.device = resolve_device(device)
