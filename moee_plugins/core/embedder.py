@@ -71,11 +71,11 @@ class MoEEmbedder:
                  max_tokens_per_batch: int | None = DEFAULT, trust_remote_code: bool = False,
                  model_kwargs: dict[str, Any] | None = DEFAULT, statistics: Statistics | dict[str, Any] | None = None,
                  reduction: Reduction | dict[str, Any] | None = None, **more_options: Any) -> None:
-        given = {**more_options, "mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
-                 "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
-                 "quantization": quantization, "max_length": max_length, "batch_size": batch_size,
-                 "max_tokens_per_batch": max_tokens_per_batch, "trust_remote_code": trust_remote_code,
-                 "model_kwargs": model_kwargs}
+        given = {**more_options, "mode": mode, "prompt": prompt, "pooling": pooling,
+                 "routing": DEFAULT if routing is None else routing, "alpha": alpha, "layers": layers,
+                 "standardize": standardize, "normalize": normalize, "dtype": dtype, "quantization": quantization,
+                 "max_length": max_length, "batch_size": batch_size, "max_tokens_per_batch": max_tokens_per_batch,
+                 "trust_remote_code": trust_remote_code, "model_kwargs": model_kwargs}
         self.model_name: str = check_arguments(model, tokenizer, statistics)
         reference = resolve_reference(model) if isinstance(model, str) else None
         alias: ModelAlias | None = reference.alias if reference is not None else None
