@@ -30,9 +30,9 @@ def check_arguments(model: Any, tokenizer: Any, statistics: Any) -> str:
     return name
 
 
-def load_model_and_tokenizer(model: Any, reference: Any, tokenizer: Any, *, device: torch.device, dtype: torch.dtype,
-                             options: Mapping[str, Any]) -> tuple[Any, str, Any]:
-    """(base model, its path or name, tokenizer): loaded from ``reference`` (a resolved name) or taken as given."""
+def load_model_and_tokenizer(model: Any, reference: Any, tokenizer: Any, *, name: str, device: torch.device,
+                             dtype: torch.dtype, options: Mapping[str, Any]) -> tuple[Any, str, Any]:
+    """(base model, its path or ``name``, tokenizer): loaded from ``reference`` (a resolved name) or taken as given."""
     from .loading import base_model, load_model, load_tokenizer
 
     trust = options["trust_remote_code"]
@@ -41,8 +41,7 @@ def load_model_and_tokenizer(model: Any, reference: Any, tokenizer: Any, *, devi
                             trust_remote_code=trust, model_kwargs=options["model_kwargs"])
         path = reference.path
     else:
-        loaded = base_model(model).eval()
-        path = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        loaded, path = base_model(model).eval(), name
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer or path, trust)
     return loaded, path, tokenizer

@@ -88,7 +88,7 @@ class MoEEmbedder:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.options["dtype"], self.device)
         self.model, self.model_path, self.tokenizer = load_model_and_tokenizer(
-            model, reference, tokenizer, device=self.device, dtype=self.dtype, options=self.options)
+            model, reference, tokenizer, name=self.model_name, device=self.device, dtype=self.dtype, options=self.options)
         self._attach_model()
         self.vectors = VectorRules(self.hidden_dim, self.routing_dim)
         if statistics is not None:
