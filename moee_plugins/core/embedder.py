@@ -24,7 +24,6 @@ from .persistence import CONFIG_FILE, FOLDER_FORMAT_VERSION, FOLDER_FORMATS, STA
 from .pipeline import background_tokenisation, chunk_spans, prefetched
 from .prompts import PromptTemplate, instruction_template, resolve_prompt
 from .reduction import Reduction
-from .routers import find_router_sites, select_sites, sized_from_logits
 from .standardize import Statistics, calibration_sentences
 from .vectors import VectorRules, check_mode, similarity
 
@@ -98,15 +97,12 @@ class MoEEmbedder:
 
     def _attach_model(self) -> None:
         """The engine on the loaded model (router sites hold closures: rebuilt after unpickling)."""
-        pad_id = next((v for v in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if v is not None), 0)
-        sites = sized_from_logits(self.model, select_sites(find_router_sites(self.model), self.layers))
-        self.engine = Engine(self.model, sites, pooling=self.pooling, routing=self.routing, pad_id=pad_id,
-                             device=self.device, dtype=self.dtype)
+        self.engine = Engine.for_model(self.model, self.tokenizer, layers=self.layers, pooling=self.pooling,
+                                       routing=self.routing, device=self.device, dtype=self.dtype)
 
     @classmethod
     def build(cls, model: Any, *, owner: str = "MoEEmbedder", **options: Any) -> MoEEmbedder:
-        """An existing embedder shared as is (options are refused: they would silently not apply to it), anything
-        else built: :func:`moee_plugins.core.build.build_embedder`, the one builder."""
+        """An existing embedder as is (options refused), else a new one: :func:`~moee_plugins.core.build_embedder`."""
         return build_embedder(model, owner=owner, **options)
 
     # ------------------------------------------------------------------ shape and state
@@ -114,12 +110,10 @@ class MoEEmbedder:
     layout = property(lambda self: self.engine.layout, doc="Which routing columns each router fills.")
     hidden_dim = property(lambda self: self.engine.hidden_dim, doc="Width of the hidden-state channel.")
     routing_dim = property(lambda self: self.engine.routing_dim, doc="Width of the routing channel.")
-
     statistics = property(lambda self: self.vectors.statistics, lambda self, value: setattr(self.vectors, "statistics", value),
                           doc="The standardisation statistics in use (None until fixed).")
     reduction = property(lambda self: self.vectors.reduction, lambda self, value: setattr(self.vectors, "reduction", value),
                          doc="The fitted compact-vector reduction (None without one).")
-
     dim = property(lambda self: self.dim_of(self.mode), doc="Length of the vectors :meth:`encode` returns.")
 
     def dim_of(self, mode: str) -> int:

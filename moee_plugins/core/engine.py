@@ -29,7 +29,7 @@ from .loading import input_device
 from .parts import MoEEParts, RouterBlock
 from .pipeline import AUTO, auto_batch_cost, resolve_token_budget
 from .pooling import pool
-from .routers import RouterSite, RoutingCapture
+from .routers import RouterSite, RoutingCapture, find_router_sites, select_sites, sized_from_logits
 from .vectors import check_model_output
 
 logger = logging.getLogger("moee_plugins")
@@ -130,6 +130,15 @@ class Engine:
         self.lock = threading.RLock()
         self.listeners: list[Listener] = list(listeners)
         self._auto_budget: tuple[tuple[str, str], int | None] | None = None
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, *, layers: Sequence[int] | None, pooling: str, routing: str,
+                  device: torch.device, dtype: torch.dtype) -> Engine:
+        """An engine on a loaded model: the routers of ``layers`` (None: all), padding with the tokenizer's pad id
+        (else its EOS id)."""
+        pad_id = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
+        sites = sized_from_logits(model, select_sites(find_router_sites(model), layers))
+        return cls(model, sites, pooling=pooling, routing=routing, pad_id=pad_id, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ observation
     def add_listener(self, listener: Listener) -> Callable[[], None]:
