@@ -141,9 +141,11 @@ def identity(embedder: Any, kind: str = "vectors", *, fitted: bool = True) -> di
 
 
 def _model_config(model: Any) -> dict[str, Any]:
-    """The model's config as it shapes the computation: without where it was loaded from."""
+    """The model's config as it shapes the computation: without where it was loaded from, nor the head class it
+    was saved with (saving the base model, e.g. ``save_pretrained(include_weights=True)``, rewrites that)."""
     described = model.config.to_dict()
-    described.pop("_name_or_path", None)
+    for key in ("_name_or_path", "architectures"):
+        described.pop(key, None)
     return described
 
 
