@@ -25,6 +25,9 @@ _lock = threading.Lock()
 
 
 def _install() -> None:
+    adapter = sys.modules.get(f"{__package__}.sentence_transformers")
+    if adapter is not None and not hasattr(adapter, "install_hook"):
+        return  # the adapter is being imported (that imported sentence-transformers): it installs the hook at its end
     try:
         from .sentence_transformers import install_hook
 

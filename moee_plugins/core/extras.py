@@ -14,5 +14,6 @@ def require(module: str, extra: str, *, feature: str | None = None) -> ModuleTyp
         what = feature or f"moee_plugins.{extra.replace('-', '_')}"
         raise ImportError(
             f"{what} needs the optional dependency {module!r}, which is not installed. "
-            f'Install it with: pip install "moee-plugins[{extra}]"'
+            f'Install it with: pip install "moee-plugins[{extra}]" (until the package is on PyPI, in a clone of the '
+            f'repository: pip install ".[{extra}]")'
         ) from exc
