@@ -21,7 +21,7 @@ FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _OPTIONAL = (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[project.optional-dependencies]")[1]
 EXTRAS = set(re.findall(r"^([\w-]+) = \[", _OPTIONAL.split("\n[")[0], re.MULTILINE))  # (tomllib is 3.11+)
 # commands a reader runs that need no checking beyond their arguments' files (below)
-PLAIN = {"cd", ".", "source", "git", "mkdocs"}
+PLAIN = {"cd", ".", "source", "git", "mkdocs", "lint-imports"}
 
 
 def blocks(document: str, language: str) -> list[str]:
