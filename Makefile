@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (each makes its own virtual environment):
 #   make demo   the offline demo of the main job (tiny random model, bundled sample corpus) -> demo-output/
-#   make test   what CI runs: ruff, the docs build, the test suite (.ci/run calls the same script)
+#   make test   what CI runs: ruff, the import contracts, the docs build, the test suite (.ci/run calls the same script)
 #   make lock   refresh constraints/ci.txt (the versions CI installs) from the newest releases pyproject.toml allows
 .PHONY: demo test lock clean
 

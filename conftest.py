@@ -91,6 +91,38 @@ def tiny_statistics(tiny_embedder):
     return tiny_embedder.statistics
 
 
+@pytest.fixture
+def hostile_model(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(folder, marker) for the security tests: a copy of the tiny model whose ``config.json`` names its own code
+    (``auto_map``); importing that code writes ``marker``. Loading the folder must never create ``marker`` unless
+    the caller passed ``trust_remote_code=True`` (the control test shows it does then, so the refusals can fail)."""
+    marker = tmp_path / "MARKER"
+    return hostile_model_dir(tiny_model_dir, tmp_path / "hostile", marker), marker
+
+
+def hostile_model_dir(source: str | Path, target: str | Path, marker: str | Path) -> Path:
+    """A copy of the checkpoint ``source`` whose ``config.json`` names its own code (``auto_map``): importing that
+    code writes ``marker``. Loading it must never create ``marker`` unless the caller passed trust_remote_code=True."""
+    import json
+    import shutil
+
+    target = Path(target)
+    shutil.copytree(source, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "hostile.HostileConfig", "AutoModel": "hostile.HostileModel"}
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "hostile.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('the folder ran its own code')\n"
+        "from transformers import OlmoeConfig, OlmoeModel\n\n\n"
+        "class HostileConfig(OlmoeConfig):\n    pass\n\n\n"
+        "class HostileModel(OlmoeModel):\n    config_class = HostileConfig\n"
+    )
+    return target
+
+
 SMALL_CALIBRATION_SIZE = 24
 
 

@@ -6,7 +6,7 @@ Needs the INTERNET and a GPU:
   (about 14 GB) and embedding the ~18,000 posts is meant for a CUDA GPU (about 10 minutes on one
   recent GPU in bfloat16; hours on a CPU). Use --limit for a quick try.
 
-Requirements: pip install "moee-plugins[bertopic]"
+Requirements: pip install ".[bertopic]" in a clone of the repository (not on PyPI yet; see the README)
 
 Usage:
     python examples/bertopic_20newsgroups.py                          # everything, writes ./20newsgroups-topics/

@@ -1,6 +1,6 @@
 """Semantic search over local text files with LangChain and a MoE LLM as the embedding model (MoEE).
 
-Requirements: pip install "moee-plugins[langchain]"
+Requirements: pip install ".[langchain]" in a clone of the repository (not on PyPI yet; see the README)
 The default model, moee:olmoe (OLMoE-1B-7B), is downloaded from the Hugging Face Hub on first use
 (about 14 GB) and is meant for a GPU. Pass --model with a local checkpoint directory (or another alias
 or hub id) to run elsewhere; --device cpu works for small models.

@@ -1,6 +1,6 @@
 """A MoE LLM as a sentence-transformers model (MoEE): encode, search, save, reload.
 
-Requirements: pip install "moee-plugins[sentence-transformers]"
+Requirements: pip install ".[sentence-transformers]" in a clone of the repository (not on PyPI yet; see the README)
 The default model, moee:olmoe (OLMoE-1B-7B), is downloaded from the Hugging Face Hub on first use
 (about 14 GB) and is meant for a GPU. Pass --model with a local checkpoint directory (or another alias
 or hub id) to run elsewhere, or --tiny to build a tiny random MoE offline (the numbers are then meaningless,

@@ -56,7 +56,7 @@ def _add_debug_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .core.version import __version__
 
     parser = argparse.ArgumentParser(prog="moee", description="MoE LLMs as training-free embedding models.")
     parser.add_argument("--version", action="version", version=f"moee-plugins {__version__}")

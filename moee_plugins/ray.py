@@ -3,7 +3,7 @@
 Needs ``pip install "moee-plugins[ray]"``. Importing this module does not import Ray; the functions that
 need it do, through :func:`moee_plugins._extras.require`.
 
-Two levels (the file job, a corpus file -> parquet shards, is :func:`moee_plugins.io.ray_files.embed_files`):
+Two levels (the file job, a corpus file -> parquet shards, is :func:`moee_plugins.jobs.ray_files.embed_files`):
 
 * :class:`MoEEPredictor`: the callable class for ``Dataset.map_batches`` (each actor loads the model once);
   :func:`predictor_kwargs` builds its ``fn_constructor_kwargs`` with calibration statistics computed once.

@@ -15,8 +15,14 @@ Without ``import moee_plugins`` first, ``SentenceTransformer("moee:...")`` fails
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import os
 import weakref
 from collections.abc import Sequence
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,9 +34,9 @@ require("sentence_transformers", "sentence-transformers")
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.base.modules import InputModule  # noqa: E402
 
-from ._st_hook import REQUESTED_DEVICE, hook_installed, install_hook, module_for, split_model_kwargs, uninstall_hook  # noqa: E402
 from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
-from .core.embedder import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
+from .core.aliases import PREFIX, strip_prefix  # noqa: E402
+from .core.persistence import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
 __all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "hook_installed", "install_hook", "load",
            "split_model_kwargs", "uninstall_hook"]
@@ -217,6 +223,118 @@ def load(model: str, *, device: str | None = None, trust_remote_code: bool = Fal
     kwargs.update(device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs or None)
     module = module_for(model, kwargs)
     return SentenceTransformer(modules=[module], **kwargs)
+
+
+# ------------------------------------------------- the moee: hook (moee_plugins._st_hook activates it lazily)
+logger = logging.getLogger(__name__)
+_ORIGINAL = "__moee_original_init__"
+MODULE_TYPE = f"{__name__}.MoEEModule"  # as a saved folder's modules.json names it
+REQUESTED_DEVICE: ContextVar[str | None] = ContextVar("moee_requested_device", default=None)
+_UNSUPPORTED = ("revision", "token", "use_auth_token", "cache_folder", "processor_kwargs", "tokenizer_kwargs",
+                "config_kwargs")
+
+
+def _init_slot() -> tuple[Any, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer, SentenceTransformer.__dict__["__init__"]
+
+
+def install_hook() -> bool:
+    """Wrap ``SentenceTransformer.__init__`` once (idempotent) so ``moee:`` names build an ``MoEEModule``;
+    any other name goes to the original ``__init__`` untouched. Returns whether this call installed it."""
+    cls, current = _init_slot()
+    if getattr(current, _ORIGINAL, None) is not None:
+        return False
+
+    @functools.wraps(current)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        name = args[0] if args else kwargs.get("model_name_or_path")
+        if not (isinstance(name, str) and name.startswith(PREFIX)):
+            return current(self, *args, **kwargs)
+        kwargs.pop("model_name_or_path", None)
+        module = module_for(name, kwargs)
+        return current(self, None, *args[1:], modules=[module], **kwargs)
+
+    setattr(__init__, _ORIGINAL, current)
+    cls.__init__ = __init__
+    logger.debug("installed the moee: hook on SentenceTransformer")
+    return True
+
+
+def uninstall_hook() -> bool:
+    """Restore the original ``SentenceTransformer.__init__``; returns whether a hook was removed."""
+    cls, current = _init_slot()
+    original = getattr(current, _ORIGINAL, None)
+    if original is None:
+        return False
+    cls.__init__ = original
+    return True
+
+
+def hook_installed() -> bool:
+    return getattr(_init_slot()[1], _ORIGINAL, None) is not None
+
+
+def split_model_kwargs(model_kwargs: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """sentence-transformers' ``model_kwargs`` -> (MoEEmbedder options, adapter options, ``from_pretrained`` args)."""
+    from .core import options
+
+    return options.split_model_kwargs(model_kwargs, adapter_keys=("include_weights",), owner="SentenceTransformer(...)")
+
+
+def _saved_dir(reference: str) -> str | None:
+    path = strip_prefix(reference)
+    return path if os.path.isfile(os.path.join(path, "modules.json")) else None
+
+
+def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a folder holding anything but our one module (``moee:`` is no way around the trust check), and fill
+    the model-level settings it records (prompts, similarity) unless the caller gave them."""
+    modules = json.loads(Path(directory, "modules.json").read_text(encoding="utf-8"))
+    if [m.get("type") for m in modules] != [MODULE_TYPE]:
+        raise ValueError(f"moee:{directory} loads folders holding one {MODULE_TYPE}; this one has modules "
+                         f"{[m.get('type') for m in modules]}: use SentenceTransformer({directory!r}, "
+                         "trust_remote_code=True) if you trust every module it names")
+    settings_path = os.path.join(directory, "config_sentence_transformers.json")
+    if os.path.isfile(settings_path):
+        settings = json.loads(Path(settings_path).read_text(encoding="utf-8"))
+        for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
+            if kwargs.get(key) is None and settings.get(key) is not None:
+                kwargs[key] = settings[key]
+
+
+def module_for(reference: str, kwargs: dict[str, Any]) -> Any:
+    """The ``MoEEModule`` for ``SentenceTransformer("moee:...", **kwargs)``; consumes the loading arguments in
+    kwargs (the rest go to ``SentenceTransformer``). The base model's remote code follows ``trust_remote_code``."""
+    from .core.build import build_embedder
+
+    if kwargs.pop("modules", None) is not None:
+        raise ValueError(f"pass either a model name ({reference!r}) or modules=[...], not both")
+    if kwargs.pop("backend", "torch") != "torch":
+        raise ValueError("MoEE models run on the torch backend (they read router logits with hooks)")
+    for key in _UNSUPPORTED:
+        if kwargs.pop(key, None):
+            raise ValueError(f"{key}=... is not supported with a 'moee:' name; pass embedder options in model_kwargs, "
+                             "a local directory instead of a revision, or HF_TOKEN / HF_HOME in the environment")
+    if kwargs.pop("local_files_only", False):
+        raise ValueError("local_files_only=True is not supported with a 'moee:' name; set HF_HUB_OFFLINE=1 instead")
+    embedder_options, adapter, loading = split_model_kwargs(kwargs.pop("model_kwargs", None))
+    trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
+    saved = _saved_dir(reference)
+    if saved is not None:
+        _saved_settings(saved, kwargs)
+        module_kwargs = {**embedder_options, **adapter, **({"model_kwargs": loading} if loading else {})}
+        token = REQUESTED_DEVICE.set(kwargs.get("device"))
+        try:
+            return MoEEModule.load(saved, trust_remote_code=trust_remote_code, model_kwargs=module_kwargs or None)
+        finally:
+            REQUESTED_DEVICE.reset(token)
+    embedder = build_embedder(reference, owner="SentenceTransformer(...)", device=kwargs.get("device"),
+                              trust_remote_code=trust_remote_code, model_kwargs=loading or None, **embedder_options)
+    module = MoEEModule(embedder, source=reference, **adapter)
+    kwargs["similarity_fn_name"] = kwargs.get("similarity_fn_name") or module.similarity_fn_name
+    return module
 
 
 install_hook()  # importing this module directly (before or after sentence-transformers) also installs the hook

@@ -24,14 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moee_plugins.testing import render_matrix  # noqa: E402
+from scripts.conformance import render_matrix  # noqa: E402
 
 RESULT = ROOT / "docs" / "architectures.json"
 DOCS = ROOT / "docs" / "architectures.md"
 _CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)
-from moee_plugins.testing import conformance_check
+from scripts.conformance import conformance_check
 print("MATRIX-ROW " + json.dumps(conformance_check(sys.argv[1], sys.argv[2])))
 """
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{DOCS} is stale: run python scripts/architectures.py", file=sys.stderr)
             return 1
         return 0
-    from moee_plugins.testing import router_model_types
+    from scripts.conformance import router_model_types
 
     types = args.types or list(router_model_types())
     saved = json.loads(RESULT.read_text(encoding="utf-8")) if args.types and RESULT.exists() else {"rows": []}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the checks CI runs, from nothing but this checkout: a virtual environment (VENV, default .venv-test),
-# torch, the project with every extra at the versions in constraints/ci.txt, then ruff, the docs build and the tests.
+# torch, the project with every extra at the versions in constraints/ci.txt, then ruff, the import contracts, the
+# docs build and the tests.
 # Usage: scripts/test.sh [pytest args...]     (or: make test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ export NO_MKDOCS_2_WARNING=1  # mkdocs-material's end-of-life banner
 
 echo "== ruff check ."
 ruff check .
+echo "== lint-imports (the layers in pyproject.toml [tool.importlinter], drawn in docs/development.md)"
+lint-imports --no-cache
 echo "== mkdocs build --strict"
 site="$(mktemp -d)"
 mkdocs build --quiet --strict --site-dir "$site"

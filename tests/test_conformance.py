@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from moee_plugins import MoEEmbedder
-from moee_plugins.testing import build_tiny_moe, conformance_check, render_matrix, router_model_types
+from moee_plugins.testing import build_tiny_moe
+from scripts.conformance import conformance_check, render_matrix, router_model_types
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "docs" / "architectures.json"

@@ -17,7 +17,6 @@ import torch
 from moee_plugins import MoEEmbedder, Statistics, register_alias, unregister_alias
 from moee_plugins.core import options
 from moee_plugins.core.standardize import ChannelStatistics
-from moee_plugins.testing import hostile_model_dir
 
 TEXTS = ["The hockey team won.", "GPUs and printers", "moon", "a longer sentence about rockets in orbit"]
 
@@ -243,9 +242,8 @@ def test_weights_reference_outside_the_folder_is_refused(shared, tmp_path, weigh
 
 # ---------------------------------------------------------------- consent to run code
 @pytest.fixture()
-def hostile(tiny_model_dir, tmp_path):
-    marker = tmp_path / "MARKER"
-    return hostile_model_dir(tiny_model_dir, tmp_path / "hostile", marker), marker
+def hostile(hostile_model):
+    return hostile_model
 
 
 def test_hostile_folder_really_runs_code_when_trusted(hostile):

@@ -130,7 +130,7 @@ def test_ray_shards_are_named_and_rewritten_in_row_order(tmp_path):
     """Ray may write a job's files, and blocks inside one file, out of input order: file-name order is made input order."""
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    from moee_plugins.io.ray_files import _name_shards_in_row_order
+    from moee_plugins.jobs.ray_files import _name_shards_in_row_order
 
     def shard(name, ids):
         path = tmp_path / name

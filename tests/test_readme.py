@@ -1,7 +1,8 @@
 """The README's code blocks run as written: the Python quick start runs (``moee:olmoe`` mapped to the tiny local
 model, as the Hub cannot be reached here), and every shell line is a command this checkout provides -- each
 ``moee ...`` line parses with the real CLI, each ``make`` target, script, extra and file it names exists.
-docs/development.md is held to the same rules."""
+docs/development.md is held to the same rules. Every page installs the way that works before the package is on
+PyPI (from a clone), and the README and the home page list every extra of pyproject.toml."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _OPTIONAL = (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[project.optional-dependencies]")[1]
 EXTRAS = set(re.findall(r"^([\w-]+) = \[", _OPTIONAL.split("\n[")[0], re.MULTILINE))  # (tomllib is 3.11+)
 # commands a reader runs that need no checking beyond their arguments' files (below)
-PLAIN = {"cd", ".", "source", "git", "mkdocs"}
+PLAIN = {"cd", ".", "source", "git", "mkdocs", "lint-imports"}
 
 
 def blocks(document: str, language: str) -> list[str]:
@@ -132,3 +133,30 @@ def test_the_python_quick_start_runs(tiny_model_dir, small_builtin_calibration, 
     assert get_alias("olmoe").model_id == real.model_id
     X, parts = namespace["X"], namespace["parts"]
     assert X.shape == (2, namespace["emb"].dim) and parts.hidden.shape[0] == 1
+
+
+PAGES = ["README.md", *sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").glob("*.md"))]
+UNPUBLISHED = re.compile(r"pip install \"?moee[-_]plugins\b")
+
+
+@pytest.mark.parametrize("document", PAGES)
+def test_install_lines_work_while_the_package_is_not_on_pypi(document):
+    """``pip install "moee-plugins[...]"`` fails until the package is published: a page installs from a clone
+    (``pip install ".[extra]"``) and names the published form only as what it will read once published."""
+    installs = [shlex.split(line, comments=True) for code in blocks(document, "bash") for line in code.splitlines()
+                if line.startswith("pip install")]
+    for command in installs:
+        assert not any(arg.startswith(("moee-plugins", "moee_plugins")) for arg in command[2:]), (document, command)
+    text = (ROOT / document).read_text(encoding="utf-8")
+    wrong = [line for line in text.splitlines() if UNPUBLISHED.search(line) and "published" not in line]
+    assert not wrong, f"{document} installs from PyPI, where the package is not yet: {wrong}"
+
+
+def test_the_readme_and_the_home_page_list_every_extra():
+    expected = EXTRAS - {"dev"}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("\nExtras: ", 1)[1].split("(", 1)[0]
+    assert set(re.findall(r"`([\w-]+)`", listed)) == expected, "README.md's list of extras"
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    table = index.split("| extra | adds |", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"^\| `([\w-]+)` \|", table, re.MULTILINE)) == expected, "docs/index.md's table of extras"

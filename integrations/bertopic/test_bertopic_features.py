@@ -225,11 +225,8 @@ def test_a_sentence_transformers_model_on_the_adapter_works_directly(tiny_model_
     assert len(found) == 2 and similarities[0] >= similarities[1]
 
 
-def test_a_saved_topic_model_never_switches_remote_code_on(fitted, tiny_model_dir, tmp_path):
-    from moee_plugins.testing import hostile_model_dir
-
-    marker = tmp_path / "MARKER"
-    hostile = hostile_model_dir(tiny_model_dir, tmp_path / "hostile", marker)
+def test_a_saved_topic_model_never_switches_remote_code_on(fitted, hostile_model, tmp_path):
+    hostile, marker = hostile_model
     path = save_topic_model(fitted, tmp_path / "model")
     config = json.loads((path / BACKEND_CONFIG).read_text())
     config["embedder"].update(model=str(hostile), trust_remote_code=True)  # what a hostile sender would write

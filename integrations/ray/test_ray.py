@@ -19,7 +19,7 @@ import pytest
 
 from moee_plugins import MoEEmbedder, Statistics
 from moee_plugins.io.corpus import read_corpus
-from moee_plugins.io.ray_files import embed_files, read_corpus_dataset
+from moee_plugins.jobs.ray_files import embed_files, read_corpus_dataset
 from moee_plugins.ray import MoEEPredictor, predictor_kwargs
 
 TOPICS = ("hockey playoff goalie", "printer driver memory", "orbit rocket launch", "oven flour dough")

@@ -161,11 +161,8 @@ np.save({str(out)!r}, model.encode({texts!r}))
     np.testing.assert_array_equal(np.load(out), expected)
 
 
-def test_hostile_base_model_code_never_runs_through_a_saved_folder(saved, tiny_model_dir, tmp_path):
-    from moee_plugins.testing import hostile_model_dir
-
-    marker = tmp_path / "MARKER"
-    hostile = hostile_model_dir(tiny_model_dir, tmp_path / "hostile", marker)
+def test_hostile_base_model_code_never_runs_through_a_saved_folder(saved, hostile_model, tmp_path):
+    hostile, marker = hostile_model
     copy = tmp_path / "points-at-hostile"
     shutil.copytree(saved, copy)
     config = json.loads((copy / CONFIG_FILE).read_text())

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_two_replicas_serve_the_same_vectors(ray_cluster, tiny_model_dir, tiny_embedder):
     serve = pytest.importorskip("ray.serve")
     openai = pytest.importorskip("openai")
+    from moee_plugins.jobs.ray_serve import deployment
     from moee_plugins.serve import ServeSettings
-    from moee_plugins.serve.ray_serve import deployment
 
     port = free_port()
     settings = ServeSettings(model_name=MODEL_NAME, api_key=API_KEY)

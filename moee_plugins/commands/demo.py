@@ -43,7 +43,6 @@ RANDOM_WARNING = (
 )
 
 
-
 def register(subparsers: Any) -> None:
     """Add the ``demo`` sub-command."""
     parser = subparsers.add_parser(
@@ -75,11 +74,18 @@ def _say(text: str = "") -> None:
 
 
 def _step(argv: list[str]) -> None:
-    """Run one ``moee`` sub-command as a user would type it; stop the demo if it fails."""
-    from ..cli import main
+    """Run one ``moee`` sub-command from the command line a user would type, through that command's own parser
+    and function (not the ``moee`` entry point: commands never import the CLI above them); an error stops the
+    demo and ``moee demo`` reports it as its own."""
+    from . import embed, topics
 
     _say("$ moee " + " ".join(argv))
-    code = main(argv)
+    parser = argparse.ArgumentParser(prog="moee")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in (embed, topics):
+        command.register(subparsers)
+    args = parser.parse_args(argv)
+    code = int(args.func(args))
     if code != 0:
         raise UsageError(f"`moee {' '.join(argv)}` failed with exit code {code}")
 

@@ -288,10 +288,10 @@ def _sigterm_stops_the_run() -> Iterator[None]:
 
 # ---------------------------------------------------------------------- the command
 def _run_on_ray(args: argparse.Namespace) -> int:
-    """The same job on a Ray cluster (see moee_plugins.io.ray_files): parquet shards with the columns id, vector."""
+    """The same job on a Ray cluster (see moee_plugins.jobs.ray_files): parquet shards with the columns id, vector."""
     if args.resume or args.shard_size is not None or args.statistics is not None or args.dimensions is not None:
         raise UsageError("--resume, --shard-size, --statistics and --dimensions apply to --engine local only")
-    from ..io.ray_files import embed_files
+    from ..jobs.ray_files import embed_files
 
     try:
         options = embedder_kwargs(args)

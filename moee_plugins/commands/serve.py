@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_on_ray(args: argparse.Namespace, options: dict[str, Any], settings: Any) -> int:
     from .._extras import require
-    from ..serve import ray_serve
+    from ..jobs import ray_serve
 
     ray = require("ray", "ray")
     if not ray.is_initialized():

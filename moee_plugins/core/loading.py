@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .._extras import require
 from .aliases import PREFIX, ModelAlias, get_alias, list_aliases, strip_prefix
+from .extras import require
 from .routers import find_router_sites
 
 logger = logging.getLogger(__name__)

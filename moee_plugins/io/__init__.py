@@ -1,7 +1,7 @@
 """File I/O, apart from the framework-free core: corpus readers (:mod:`.corpus`), resumable sharded output with
-per-shard checksums (:mod:`.shards`), fingerprints of model files and statistics (:mod:`.fingerprint`), and the
-Ray file job (:mod:`.ray_files`, imported on use). The CLI (``moee_plugins.commands``) builds on this package;
-nothing here imports the CLI, and the core imports nothing from here.
+per-shard checksums (:mod:`.shards`) and fingerprints of model files and statistics (:mod:`.fingerprint`). The
+CLI (``moee_plugins.commands``) and the Ray file job (:mod:`moee_plugins.jobs.ray_files`) build on this package;
+it imports only the core, and the core imports nothing from here.
 """
 
 from .corpus import FORMATS, CorpusError, Record, count_records, iter_corpus, iter_records, read_corpus

@@ -6,7 +6,7 @@ Needs ``pip install "moee-plugins[serve]"`` (FastAPI, uvicorn, prometheus-client
 * :func:`~moee_plugins.serve.app.create_app`: the FastAPI app over a built embedder (or a loader).
 * :class:`~moee_plugins.serve.batcher.DynamicBatcher`: the worker thread that owns the model.
 * :func:`~moee_plugins.serve.server.run_server`: uvicorn on one host/port, graceful on SIGINT/SIGTERM.
-* :func:`~moee_plugins.serve.ray_serve.deployment`: the same API as a Ray Serve application with N replicas.
+* :func:`~moee_plugins.jobs.ray_serve.deployment`: the same API as a Ray Serve application with N replicas.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._extras import require
-from .app import ServeSettings, create_app
+from ..serve.app import ServeSettings, create_app
 
 
 class MoEEServeReplica:

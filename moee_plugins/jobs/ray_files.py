@@ -55,7 +55,7 @@ def _format_of(path: str, input_format: str | None) -> str:
 
 def _txt_rows(row: dict[str, Any]) -> list[dict[str, str]]:
     """One file's bytes -> a row per document, as :func:`moee_plugins.io.corpus.iter_records` reads a .txt."""
-    from .corpus import split_txt
+    from ..io.corpus import split_txt
 
     return [{"text": text} for text in split_txt(row["bytes"], row.get("path", "<text>"))]
 
@@ -195,7 +195,7 @@ def embed_files(
     shuts down. Returns a summary: ``rows``, ``dim``, ``files``, ``output_dir``, ``seconds``.
 
     Example:
-        >>> from moee_plugins.io.ray_files import embed_files
+        >>> from moee_plugins.jobs.ray_files import embed_files
         >>> embed_files("docs.jsonl", "vectors/", "moee:olmoe", address="auto",
         ...             concurrency=8, num_gpus=1)                                  # doctest: +SKIP
         {'rows': 1000000, 'dim': 3072, 'files': [...], ...}

@@ -1,0 +1,1 @@
+"""The project's own tools (not shipped): importable as ``scripts.<name>`` from the tests and each other."""
