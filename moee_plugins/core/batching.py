@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import itertools
 import weakref
@@ -58,13 +57,19 @@ def cut_text(tokenizer, text: str, max_length: int, clean: Callable[[str], str] 
     tokens before the cut: text after the cut can only change tokens overlapping that guard, so every token
     that is read, the offsets the truncation cuts at and the "longer than max_length" decision are exactly
     those of the whole text. A prefix that falls short (long tokens, characters a normaliser drops) is
-    doubled until it holds enough or is the whole text, so a text whose tokens each cover at most the
-    longest token's characters is cut after at most ``~4 x (max_length + 2 x GUARD_TOKENS) x longest``
-    characters, whatever its length. Slow (Python) tokenizers give no offsets: their texts are not cut.
+    doubled until it holds enough or is the whole text. When each token covers at most the longest token's
+    characters (byte-level BPE, SentencePiece with byte fallback), the characters tokenised for one text stay
+    under ``~4 x (max_length + 2 x GUARD_TOKENS) x longest``, whatever its length. Slow (Python) tokenizers
+    give no offsets: their texts are not cut.
     """
+    return _cut(tokenizer, text, max_length, clean)[0]
+
+
+def _cut(tokenizer, text: str, max_length: int, clean: Callable[[str], str]) -> tuple[str, bool]:
+    """(:func:`cut_text`, whether it cut)."""
     longest = longest_token_chars(tokenizer)
     if longest is None or not getattr(tokenizer, "is_fast", False):
-        return clean(text)
+        return clean(text), False
     guard = GUARD_TOKENS * longest
     needed = max_length + GUARD_TOKENS
     cut = needed * _FIRST_CHARS_PER_TOKEN + guard
@@ -72,11 +77,12 @@ def cut_text(tokenizer, text: str, max_length: int, clean: Callable[[str], str] 
         piece = clean(text[:cut])
         offsets = tokenizer(piece, add_special_tokens=False, return_attention_mask=False,
                             return_offsets_mapping=True)["offset_mapping"]
-        stable = bisect.bisect_right([end for _, end in offsets], cut - guard)
+        # tokens, from the first, that end before the guard: text after the cut cannot reach them
+        stable = next((i for i, (_, end) in enumerate(offsets) if end > cut - guard), len(offsets))
         if stable > needed:
-            return piece
+            return piece, True
         cut *= 2
-    return clean(text)
+    return clean(text), False
 
 
 def truncate_inside(tokenizer, template: PromptTemplate, cleaned: str, max_length: int) -> list[int]:
@@ -127,7 +133,8 @@ def tokenize_marking_truncated(tokenizer, template: PromptTemplate, texts: Seque
     if not texts:
         return [], []
     # each text cut by characters first (cut_text): time and memory per text are flat in its length
-    cleaned = [cut_text(tokenizer, text, max_length, template.clean) for text in texts]
+    pieces = [_cut(tokenizer, text, max_length, template.clean) for text in texts]
+    cleaned = [piece for piece, _ in pieces]
     ids: list[list[int]] = []
     for start in range(0, len(cleaned), TOKENIZER_BATCH):
         # token ids only (no attention masks or type ids to build and drop), a sub-batch at a time: a fast
@@ -139,6 +146,9 @@ def tokenize_marking_truncated(tokenizer, template: PromptTemplate, texts: Seque
         del encoded
     truncated: list[int] = []
     for i, row in enumerate(ids):
+        if pieces[i][1] and len(row) <= max_length:  # not expected (a cut text has > max_length tokens): if so,
+            cleaned[i] = template.clean(texts[i])           # the whole text decides, as it always did
+            row = ids[i] = _encode(tokenizer, template.wrap(cleaned[i]))
         if len(row) > max_length:
             ids[i] = _truncate_inside(tokenizer, template, cleaned[i], max_length)
             truncated.append(i)
