@@ -110,6 +110,14 @@ def test_duplicate_ids_are_refused_naming_the_first_and_its_rows(tmp_path, tiny_
     assert read_vectors(out)[0].tolist() == keys
 
 
+def test_duplicate_ids_are_refused_before_a_ray_cluster_starts(tmp_path, capsys):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"key": k, "text": "x"}) + "\n" for k in ["p", "q", "p"]), encoding="utf-8")
+    assert embed(corpus, "-o", tmp_path / "vectors", "--engine", "ray", "--id-field", "key") == 2
+    assert "id 'p' is used by 2 documents (rows 0, 2)" in capsys.readouterr().err
+    assert not (tmp_path / "vectors").exists()
+
+
 def test_count_records_finds_duplicate_integer_ids_and_accepts_unique_ones(tmp_path):
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps({"n": n, "text": "x"}) + "\n" for n in [7, 8, 9, 10, 8, 7]), encoding="utf-8")
