@@ -67,15 +67,17 @@ def _long_texts() -> dict[str, str]:
     rng = random.Random(0)
     prose = " ".join(calibration_sentences())
     return {
-        "prose": (prose * (1 + 40_000 // len(prose)))[:40_000],
-        "one character": "a" * 40_000,
-        "no spaces": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(40_000)),
-        "multi-byte": "日本語のテキストと絵文字🙂\uff0c" * 3_000,
-        "combining marks": "e\u0301o\u0308" * 10_000,
-        "quotes": '"' * 40_000,
-        "whitespace run": "a start " + " \n\t" * 20_000 + " and an end",
-        "space runs between words": ("word" + " " * 300) * 150,
-        "digits": "1234567890" * 4_000,
+        "prose": (prose * (1 + 20_000 // len(prose)))[:20_000],
+        "one character": "a" * 20_000,
+        "no spaces": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(20_000)),
+        "multi-byte": "日本語のテキストと絵文字🙂\uff0c" * 1_500,
+        "combining marks": "e\u0301o\u0308" * 5_000,
+        "quotes": '"' * 20_000,
+        "whitespace run": "a start " + " \n\t" * 10_000 + " and an end",
+        "space runs between words": ("word" + " " * 300) * 70,
+        "digits": "1234567890" * 2_000,
+        # words longer than WordPiece's 100 characters become one [UNK] whole, but are split when cut short
+        **{f"long words, shift {k}": "w " * k + ("word " * 13 + "x" * 150 + " ") * 100 for k in (0, 20, 40, 60, 80)},
     }
 
 
@@ -114,7 +116,7 @@ def test_texts_around_the_first_cut_keep_their_ids(tokenizer: Any):
     """Lengths on both sides of where the first cut falls: short texts take today's path untouched."""
     template, max_length = PRESETS["prompteol"], 64
     prose = " ".join(calibration_sentences()) * 2
-    first_cut = (max_length + 8) * 8 + 8 * longest_token_chars(tokenizer)
+    first_cut = (max_length + 8) * 8 + 8 * longest_token_chars(tokenizer)  # about where the first cut falls
     texts = [prose[:n] for n in range(first_cut - 40, first_cut + 40, 7)] + ["", "a", "Short."]
     ids = tokenize(tokenizer, template, texts, max_length)
     assert ids == [_reference_ids(tokenizer, template, t, max_length)[0] for t in texts]

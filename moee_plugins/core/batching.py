@@ -31,6 +31,15 @@ _FIRST_CHARS_PER_TOKEN = 8  # the first cut's guess; a text that needs more char
 _longest_token: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _guard_chars(tokenizer, longest: int) -> int:
+    """Characters kept after the last token that is read: text after the cut can only change tokens this close
+    to it. Eight longest tokens, and twice the longest word WordPiece still splits (a longer one becomes one
+    unknown token whole, so a word cut short would be split where the whole word is not)."""
+    word = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None), "max_input_chars_per_word",
+                   None)
+    return max(GUARD_TOKENS * longest, 2 * word if isinstance(word, int) else 0)
+
+
 def longest_token_chars(tokenizer) -> int | None:
     """Characters in the vocabulary's longest token string (a byte-level or SentencePiece token never covers
     more characters than its string has); ``None`` for a tokenizer without a vocabulary to read."""
@@ -54,7 +63,8 @@ def cut_text(tokenizer, text: str, max_length: int, clean: Callable[[str], str] 
     Tokenising costs time and memory in proportion to the characters handed over; only the first
     ``max_length`` tokens of a text are ever read. The prefix is accepted only when its tokenisation (with
     offsets) holds more than ``max_length + GUARD_TOKENS`` tokens that end at least ``GUARD_TOKENS`` longest
-    tokens before the cut: text after the cut can only change tokens overlapping that guard, so every token
+    tokens before the cut (:func:`_guard_chars`): text after the cut can only change tokens overlapping that
+    guard, so every token
     that is read, the offsets the truncation cuts at and the "longer than max_length" decision are exactly
     those of the whole text. A prefix that falls short (long tokens, characters a normaliser drops) is
     doubled until it holds enough or is the whole text. When each token covers at most the longest token's
@@ -70,7 +80,7 @@ def _cut(tokenizer, text: str, max_length: int, clean: Callable[[str], str]) -> 
     longest = longest_token_chars(tokenizer)
     if longest is None or not getattr(tokenizer, "is_fast", False):
         return clean(text), False
-    guard = GUARD_TOKENS * longest
+    guard = _guard_chars(tokenizer, longest)
     needed = max_length + GUARD_TOKENS
     cut = needed * _FIRST_CHARS_PER_TOKEN + guard
     while cut < len(text):
