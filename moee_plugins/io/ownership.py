@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .shards import ShardError
+
+logger = logging.getLogger("moee_plugins")
 
 MARKER = ".moee-output.json"  # a leading dot: parquet readers skip it when they read the folder
 MARKER_FORMAT = "moee-output"
@@ -105,8 +108,11 @@ class OutputLock:
         self._handle: Any = None
 
     def acquire(self) -> None:
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform (Windows): runs are not serialised there
+            logger.warning("cannot lock %s on this platform: make sure no other run writes it", self.output)
+            return
         while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
