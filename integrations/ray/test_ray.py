@@ -104,6 +104,27 @@ def test_bad_arguments_fail_before_any_work(tiny_embedder, tmp_path: Path) -> No
         embed_files(tmp_path / "c.txt", tmp_path / "full", "moee:olmoe")
 
 
+def test_overwrite_never_reaches_a_folder_moee_did_not_write(tmp_path: Path) -> None:
+    """Ray's overwrite mode empties a folder: a user's folder, or one holding the input, is refused before any work."""
+    from moee_plugins.io.ownership import OutputError
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    corpus = folder / "corpus.txt"
+    corpus.write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(OutputError, match="holds the input"):
+        embed_files(corpus, folder, "moee:olmoe", overwrite=True)
+    with pytest.raises(OutputError, match="is the input"):
+        embed_files(folder, folder, "moee:olmoe", input_format="txt", overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"not written by moee .* holds 'notes.md'"):
+        embed_files(tmp_path / "c.txt", tmp_path / "mine", "moee:olmoe", overwrite=True)
+    with pytest.raises(ValueError, match="overwrite=True needs a local output_dir"):
+        embed_files(tmp_path / "c.txt", "s3://bucket/vectors", "moee:olmoe", overwrite=True)
+    assert corpus.read_text() == "a\nb\n" and (tmp_path / "mine" / "notes.md").read_text() == "keep me"
+
+
 # ------------------------------------------------------------------ on a local cluster
 @pytest.mark.ray
 def test_embed_files_matches_single_process(ray_cluster, tiny_alias, reference, tmp_path: Path) -> None:
@@ -192,3 +213,16 @@ def test_moee_embed_engine_ray_cli(ray_cluster, tiny_model_dir, reference, tmp_p
     assert table.column("id").to_pylist() == list(range(len(TEXTS)))
     np.testing.assert_allclose(_vectors(table, "vector"), reference, atol=ATOL)
     assert main(["embed", str(corpus), "-o", str(out), "--engine", "ray", "--resume"]) == 2
+    # the folder is moee's (marked): --overwrite writes a new one and swaps it in
+    first = sorted(p.name for p in out.iterdir())
+    assert ".moee-output.json" in first
+    assert main(["embed", str(corpus), "-o", str(out), "--engine", "ray", "--model", str(tiny_model_dir), "--device",
+                 "cpu", "--actors", "1", "--num-cpus", "1", "--ray-batch-size", "16", "-q", "--overwrite"]) == 0
+    again = sorted(p.name for p in out.iterdir())
+    assert ".moee-output.json" in again and len(again) == len(first) and set(again) != set(first)  # new shards
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "vectors"]  # no staging or lock left behind
+    table = pa.concat_tables(pq.read_table(f) for f in sorted(out.glob("*.parquet")))
+    np.testing.assert_allclose(_vectors(table, "vector"), reference, atol=ATOL)
+    # a folder holding the input is refused, --overwrite or not, and left as it was
+    assert main(["embed", str(corpus), "-o", str(tmp_path), "--engine", "ray", "--overwrite", "-q"]) == 2
+    assert "holds the input" in capsys.readouterr().err and corpus.is_file()

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     _say("\n".join(lines) + "\n")
 
     # 3. topics
-    _step(["topics", str(corpus_path), "-o", str(outdir / "topics"), "--model", model, *device, *quiet])
+    _step(["topics", str(corpus_path), "-o", str(outdir / "topics"), "--model", model, "--overwrite", *device, *quiet])
     _say()
     _say(f"done: see {outdir / 'README.txt'}, and open {outdir / 'topics' / 'topic_map.html'} in a browser.")
     if tiny:

@@ -49,7 +49,9 @@ def register(subparsers: Any) -> None:
     add_text_options(parser, corpus_input=str)
     parser.add_argument("--id-field", default=None,
                         help="jsonl field / csv or parquet column whose values become the ids: the parquet id column, "
-                        "or OUTPUT.ids.jsonl beside a .npy (default: the row position)")
+                        "or OUTPUT.ids.jsonl beside a .npy (default: the row position); ids must be unique")
+    parser.add_argument("--allow-duplicate-ids", action="store_true",
+                        help="accept an --id-field whose values repeat (default: refused, naming the first duplicate)")
     parser.add_argument("--statistics", default=None, metavar="FILE",
                         help="standardisation statistics saved by `moee calibrate` (default: calibrate on the built-in "
                         "sentences before the first shard)")
@@ -157,9 +159,12 @@ def _count(args: argparse.Namespace) -> tuple[int, str | None]:
 
     try:
         count, id_kind = count_records(args.input, text_field=args.text_field, text_column=args.text_column,
-                                       id_field=args.id_field)
+                                       id_field=args.id_field, unique_ids=not args.allow_duplicate_ids)
     except CorpusError as exc:
-        raise corpus_problem(exc, args.input.suffix.lower(), args.id_field) from exc
+        problem = corpus_problem(exc, args.input.suffix.lower(), args.id_field)
+        if exc.kind == "duplicate":
+            problem = UsageError(f"{problem} (pass --allow-duplicate-ids to keep them)")
+        raise problem from exc
     if count == 0:
         raise UsageError(f"{args.input} holds no documents")
     return count, id_kind
@@ -291,6 +296,8 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     """The same job on a Ray cluster (see moee_plugins.jobs.ray_files): parquet shards with the columns id, vector."""
     if args.resume or args.shard_size is not None or args.statistics is not None or args.dimensions is not None:
         raise UsageError("--resume, --shard-size, --statistics and --dimensions apply to --engine local only")
+    if args.id_field and "://" not in args.input and Path(args.input).is_file():
+        _count(argparse.Namespace(**{**vars(args), "input": Path(args.input)}))  # duplicate ids, before Ray starts
     from ..jobs.ray_files import embed_files
 
     try:
@@ -310,13 +317,23 @@ def _run_on_ray(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moee embed``: 0 on success, 2 on a bad input or option, 130/143 when interrupted."""
-    from ..io import ShardedOutput, shard_dir_for
-    from ..io.fingerprint import statistics_digest
-
     if args.engine == "ray":  # paths stay strings: Ray reads object-store URIs (s3://...) too
         return _run_on_ray(args)
     args.input, args.output = Path(args.input), Path(args.output)
     _validate(args)
+    from ..io import ids_path_for, shard_dir_for
+    from ..io.ownership import claimed
+
+    also = [shard_dir_for(args.output), ids_path_for(args.output), args.output.with_name(args.output.name + ".partial")]
+    check_output_writable(args.output)
+    with claimed(args.output, inputs=[args.input, args.statistics], also_written=also):  # one run per output
+        return _run_local(args)
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    from ..io import ShardedOutput, shard_dir_for
+    from ..io.fingerprint import statistics_digest
+
     shard_dir = shard_dir_for(args.output)
     resuming = args.resume and shard_dir.exists()
     if args.overwrite:

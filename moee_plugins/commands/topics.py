@@ -64,6 +64,8 @@ def register(subparsers: Any) -> None:
                         help="UMAP random state, for reproducible topics (default: %(default)s); -1: none, "
                         "UMAP then runs on all cores")
     parser.add_argument("--save-model", action="store_true", help="also save the topic model to OUTDIR/model")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier run in OUTDIR (default: refused if any exists)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -94,10 +96,28 @@ def _parse_nr_topics(value: str | None) -> int | str | None:
     return number
 
 
+OUTPUT_FILES = ("topics.csv", "topic_info.csv", "embeddings.npy", "embedder.json", "topic_map.html",
+                "topic_barchart.html")
+MODEL_DIR = "model"
+
+
 def _validate(args: argparse.Namespace) -> None:
     check_positive(args, "batch_size", "max_length", "top_n_words", "max_tokens_per_batch")
     if args.outdir.exists() and not args.outdir.is_dir():
         raise UsageError(f"output path {args.outdir} exists and is not a directory")
+
+
+def _outputs(args: argparse.Namespace) -> list[Path]:
+    """The paths this run writes in OUTDIR; any that exists is refused without --overwrite."""
+    from ..io.ownership import refuse_overlap
+
+    paths = [args.outdir / name for name in OUTPUT_FILES] + ([args.outdir / MODEL_DIR] if args.save_model else [])
+    refuse_overlap(paths, [args.input])
+    existing = [path.name for path in paths if path.exists() or path.is_symlink()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{args.outdir} already holds {', '.join(existing)}: pass --overwrite to replace them, "
+                         "or choose another --output")
+    return paths
 
 
 def _read(args: argparse.Namespace) -> list[str]:
@@ -272,6 +292,14 @@ def write_visualisations(model: Any, outdir: Path) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moee topics``: 0 on success, 2 on a bad input or option, 1 if no topic was found."""
     _validate(args)
+    from ..io.ownership import OutputLock
+
+    with OutputLock(args.outdir):  # one run per OUTDIR at a time (OUTDIR.lock beside it)
+        _outputs(args)
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     nr_topics = _parse_nr_topics(args.nr_topics)
     docs = _read(args)
     min_topic_size = min_topic_size_for(len(docs), args.min_topic_size)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,12 +25,87 @@ def _fallback_token(tokenizer) -> int:
     return 0
 
 
+# Cutting a text by characters before any tokenizer call, so work per text is bounded by max_length.
+GUARD_TOKENS = 8  # longest-token widths kept between the last token that is read and the cut
+_FIRST_CHARS_PER_TOKEN = 8  # the first cut's guess; a text that needs more characters per token gets a longer cut
+_longest_token: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _guard_chars(tokenizer, longest: int) -> int:
+    """Characters kept after the last token that is read: text after the cut can only change tokens this close
+    to it. Eight longest tokens, and twice the longest word WordPiece still splits (a longer one becomes one
+    unknown token whole, so a word cut short would be split where the whole word is not)."""
+    word = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None), "max_input_chars_per_word",
+                   None)
+    return max(GUARD_TOKENS * longest, 2 * word if isinstance(word, int) else 0)
+
+
+def longest_token_chars(tokenizer) -> int | None:
+    """Characters in the vocabulary's longest token string (a byte-level or SentencePiece token never covers
+    more characters than its string has); ``None`` for a tokenizer without a vocabulary to read."""
+    try:
+        return _longest_token[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    try:
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=0)
+    except Exception:  # a custom callable tokenizer: no bound is known, nothing is cut
+        return None
+    longest = max(int(longest), 1)
+    with contextlib.suppress(TypeError):
+        _longest_token[tokenizer] = longest
+    return longest
+
+
+def cut_text(tokenizer, text: str, max_length: int, clean: Callable[[str], str] = str) -> str:
+    """``clean(text)``, or ``clean`` of a prefix of ``text`` whose first tokens are those of the whole text.
+
+    Tokenising costs time and memory in proportion to the characters handed over; only the first
+    ``max_length`` tokens of a text are ever read. The prefix is accepted only when its tokenisation (with
+    offsets) holds more than ``max_length + GUARD_TOKENS`` tokens that end at least ``GUARD_TOKENS`` longest
+    tokens before the cut (:func:`_guard_chars`): text after the cut can only change tokens overlapping that
+    guard, so every token
+    that is read, the offsets the truncation cuts at and the "longer than max_length" decision are exactly
+    those of the whole text. A prefix that falls short (long tokens, characters a normaliser drops) is
+    doubled until it holds enough or is the whole text. When each token covers at most the longest token's
+    characters (byte-level BPE, SentencePiece with byte fallback), the characters tokenised for one text stay
+    under ``~4 x (max_length + 2 x GUARD_TOKENS) x longest``, whatever its length. Slow (Python) tokenizers
+    give no offsets: their texts are not cut.
+    """
+    return _cut(tokenizer, text, max_length, clean)[0]
+
+
+def _cut(tokenizer, text: str, max_length: int, clean: Callable[[str], str]) -> tuple[str, bool]:
+    """(:func:`cut_text`, whether it cut)."""
+    longest = longest_token_chars(tokenizer)
+    if longest is None or not getattr(tokenizer, "is_fast", False):
+        return clean(text), False
+    guard = _guard_chars(tokenizer, longest)
+    needed = max_length + GUARD_TOKENS
+    cut = needed * _FIRST_CHARS_PER_TOKEN + guard
+    while cut < len(text):
+        piece = clean(text[:cut])
+        offsets = tokenizer(piece, add_special_tokens=False, return_attention_mask=False,
+                            return_offsets_mapping=True)["offset_mapping"]
+        # tokens, from the first, that end before the guard: text after the cut cannot reach them
+        stable = next((i for i, (_, end) in enumerate(offsets) if end > cut - guard), len(offsets))
+        if stable > needed:
+            return piece, True
+        cut *= 2
+    return clean(text), False
+
+
 def truncate_inside(tokenizer, template: PromptTemplate, cleaned: str, max_length: int) -> list[int]:
     """Token ids of ``template.wrap(text)`` cut to ``max_length`` by shortening the text, never the template.
 
     With last-token pooling the template's end (``means in one word:"``) is what is read: cutting it
-    off a long document would silently destroy the embedding.
+    off a long document would silently destroy the embedding. Only a bounded prefix of ``cleaned`` is
+    tokenised (:func:`cut_text`); the ids are those the whole text gives.
     """
+    return _truncate_inside(tokenizer, template, cut_text(tokenizer, cleaned, max_length), max_length)
+
+
+def _truncate_inside(tokenizer, template: PromptTemplate, cleaned: str, max_length: int) -> list[int]:
     overhead = len(_encode(tokenizer, template.wrap("")))
     if overhead >= max_length:
         raise ValueError(
@@ -57,9 +134,17 @@ TOKENIZER_BATCH = 512  # texts handed to the tokenizer at once (bounds its per-c
 
 def tokenize(tokenizer, template: PromptTemplate, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of every prompt; long texts are truncated inside the template, empty ones get one token."""
+    return tokenize_marking_truncated(tokenizer, template, texts, max_length)[0]
+
+
+def tokenize_marking_truncated(tokenizer, template: PromptTemplate, texts: Sequence[str],
+                               max_length: int) -> tuple[list[list[int]], list[int]]:
+    """:func:`tokenize`, and the indices of the texts whose prompt was longer than ``max_length`` (cut)."""
     if not texts:
-        return []
-    cleaned = [template.clean(text) for text in texts]
+        return [], []
+    # each text cut by characters first (cut_text): time and memory per text are flat in its length
+    pieces = [_cut(tokenizer, text, max_length, template.clean) for text in texts]
+    cleaned = [piece for piece, _ in pieces]
     ids: list[list[int]] = []
     for start in range(0, len(cleaned), TOKENIZER_BATCH):
         # token ids only (no attention masks or type ids to build and drop), a sub-batch at a time: a fast
@@ -69,12 +154,17 @@ def tokenize(tokenizer, template: PromptTemplate, texts: Sequence[str], max_leng
                             return_token_type_ids=False)["input_ids"]
         ids.extend(row if isinstance(row, list) else list(row) for row in encoded)
         del encoded
+    truncated: list[int] = []
     for i, row in enumerate(ids):
+        if pieces[i][1] and len(row) <= max_length:  # not expected (a cut text has > max_length tokens): if so,
+            cleaned[i] = template.clean(texts[i])           # the whole text decides, as it always did
+            row = ids[i] = _encode(tokenizer, template.wrap(cleaned[i]))
         if len(row) > max_length:
-            ids[i] = truncate_inside(tokenizer, template, cleaned[i], max_length)
+            ids[i] = _truncate_inside(tokenizer, template, cleaned[i], max_length)
+            truncated.append(i)
         elif not row:  # e.g. raw prompt on "": the model needs at least one position to read
             ids[i] = [_fallback_token(tokenizer)]
-    return ids
+    return ids, truncated
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens_per_batch: int | None = None, *,

@@ -17,6 +17,7 @@ names a command-line flag (the CLI adds its own advice).
 
 from __future__ import annotations
 
+import array
 import csv
 import json
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ class CorpusError(ValueError):
     """The corpus file cannot be read as asked. ``kind`` says what went wrong, for callers that advise.
 
     kinds: ``missing`` (no such file), ``format`` (unknown suffix), ``field`` (no such field/column),
-    ``value`` (a record whose text or id is not usable), ``syntax`` (invalid JSON / undecodable bytes).
+    ``value`` (a record whose text or id is not usable), ``syntax`` (invalid JSON / undecodable bytes),
+    ``duplicate`` (an id that more than one document has).
     """
 
     def __init__(self, message: str, *, kind: str, field: str | None = None) -> None:
@@ -249,12 +251,16 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
-def count_records(path: str | Path, **options: Any) -> tuple[int, str | None]:
+def count_records(path: str | Path, *, unique_ids: bool = False, **options: Any) -> tuple[int, str | None]:
     """(documents, id kind) after reading every record once, so every problem shows before a model loads.
 
     The id kind is ``"int"`` or ``"str"`` when ``id_field`` is given (mixing both is an error), else ``None``.
+    With ``unique_ids`` an id that repeats is a :class:`CorpusError` (kind ``duplicate``) naming the first
+    repeated id and its documents: ids would no longer say which row is which. Ids are held as 8-byte hashes
+    (8 bytes a document); a second pass confirms a repeat and finds its rows.
     """
     count, kind = 0, None
+    hashes = array.array("q")
     for record in iter_records(path, **options):
         if record.id is not None:
             this = "int" if isinstance(record.id, int) else "str"
@@ -262,8 +268,37 @@ def count_records(path: str | Path, **options: Any) -> tuple[int, str | None]:
                 raise CorpusError(f"{path}: document {count} has a {this} id where earlier ones are {kind}s; "
                                   "ids must be all integers or all strings", kind="value")
             kind = this
+            if unique_ids:
+                hashes.append(hash(record.id))
         count += 1
+    if unique_ids and kind is not None:
+        _refuse_duplicate_ids(path, hashes, options)
     return count, kind
+
+
+def _refuse_duplicate_ids(path: str | Path, hashes: array.array, options: dict[str, Any]) -> None:
+    """Raise naming the first id (in row order) that an earlier document already has, and its documents."""
+    import numpy as np
+
+    values = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.zeros(0, dtype=np.int64)
+    unique, counts = np.unique(values, return_counts=True)
+    repeated = set(unique[counts > 1].tolist())
+    if not repeated:
+        return
+    rows: dict[int | str, list[int]] = {}
+    first: int | str | None = None
+    for row, record in enumerate(iter_records(path, **options)):
+        if hash(record.id) not in repeated:
+            continue
+        rows.setdefault(record.id, []).append(row)
+        if first is None and len(rows[record.id]) > 1:
+            first = record.id
+    if first is None:  # only hashes collided
+        return
+    where = rows[first]
+    shown = ", ".join(map(str, where[:10])) + (" ..." if len(where) > 10 else "")
+    raise CorpusError(f"{path}: id {first!r} is used by {len(where)} documents (rows {shown}), the first repeated id; "
+                      "ids must be unique", kind="duplicate", field=options.get("id_field"))
 
 
 __all__ = ["BOM", "FORMATS", "CorpusError", "Record", "corpus_format", "count_records", "field_for",

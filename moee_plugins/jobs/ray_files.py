@@ -7,11 +7,14 @@ the Ray adapter's (:func:`moee_plugins.ray.embed_dataset`); this module reads an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -154,6 +157,51 @@ def _name_shards_in_row_order(files: list[Path], rows_per_file: int | None) -> N
         path.unlink()
 
 
+def _check_output_dir(out: str, inputs: list[str], overwrite: bool) -> None:
+    """Refuse an output folder that is or holds an input, is a file, or (with ``overwrite``) was not written by moee."""
+    from ..io.ownership import describe_contents, is_ours, lock_path_for, refuse_overlap
+
+    refuse_overlap([out, lock_path_for(out)], inputs)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f"output_dir {out} exists and is not a directory")
+    if os.path.isdir(out) and any(os.scandir(out)):
+        if not overwrite:
+            raise FileExistsError(f"output directory {out} is not empty; choose another or pass overwrite=True")
+        if not is_ours(out):
+            raise FileExistsError(f"output directory {out} was not written by moee (it has no marker file) and holds "
+                                  f"{describe_contents(out)}; refusing to replace it: choose another output directory "
+                                  "or empty it yourself")
+
+
+@contextlib.contextmanager
+def _staged_output(out: str, overwrite: bool) -> Iterator[Path]:
+    """A fresh folder beside ``out``, marked as moee's, that replaces ``out`` when the block succeeds (removed
+    when it fails). ``out`` itself is replaced only when empty or, with ``overwrite``, marked as moee's."""
+    from ..io.ownership import OutputLock, is_ours, mark_ours
+
+    target = Path(out)
+    with OutputLock(target):  # one job per output folder at a time
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        try:
+            mark_ours(staging, "embed-ray")
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging)  # ours: made above
+            raise
+        if target.is_dir() and any(target.iterdir()):
+            if not (overwrite and is_ours(target)):  # someone wrote there while the job ran
+                raise FileExistsError(f"output directory {out} changed during the job and was left alone; the "
+                                      f"vectors are in {staging}")
+            old = target.with_name(f".{target.name}.{os.getpid()}.old")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)  # ours: it has our marker
+        else:
+            if target.is_dir():
+                target.rmdir()
+            os.replace(staging, target)
+
+
 def embed_files(
     input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output_dir: str | os.PathLike[str],
@@ -186,7 +234,10 @@ def embed_files(
     gives the same table.
 
     With ``preserve_order`` (default) the shards, read in file-name order, hold the rows in input order;
-    without it Ray writes whichever batch finishes first (rows still carry their ids). ``rows_per_file``
+    without it Ray writes whichever batch finishes first (rows still carry their ids). A local ``output_dir``
+    is written as a new folder marked as moee's (``.moee-output.json``) and swapped in when complete; an
+    existing non-empty one is replaced only with ``overwrite`` and only when moee wrote it, never when it is
+    or holds an input. ``rows_per_file``
     is a lower bound Ray aims for per shard. Other arguments are those of :func:`read_corpus_dataset`
     and :func:`embed_dataset`; ``progress=False`` hides Ray Data's progress bars.
 
@@ -203,10 +254,12 @@ def embed_files(
     ray = _ray()
     ray_data = _ray_data()
     out = os.fspath(output_dir)
-    if _is_local(out) and os.path.isdir(out) and any(os.scandir(out)) and not overwrite:
-        raise FileExistsError(f"output directory {out} is not empty; choose another or pass overwrite=True")
-    if _is_local(out) and os.path.exists(out) and not os.path.isdir(out):
-        raise NotADirectoryError(f"output_dir {out} exists and is not a directory")
+    inputs = [os.fspath(p) for p in ([input_path] if isinstance(input_path, (str, os.PathLike)) else input_path)]
+    if _is_local(out):
+        _check_output_dir(out, [p for p in inputs if _is_local(p)], overwrite)
+    elif overwrite:  # Ray's overwrite mode deletes whatever the prefix holds: never handed a user's folder
+        raise ValueError(f"overwrite=True needs a local output_dir (moee replaces only a folder it wrote); empty {out} "
+                         "yourself or choose a new output_dir")
     if rows_per_file is not None and (isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int)
                                       or rows_per_file < 1):
         raise ValueError(f"rows_per_file must be None or a positive integer, got {rows_per_file!r}")
@@ -231,11 +284,15 @@ def embed_files(
                                 prompt=prompt, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus,
                                 batch_size=batch_size, forward_batch_size=forward_batch_size,
                                 calibration_texts=calibration_texts, calibrate_on=calibrate_on, **embedder_options)
-        mode = ray_data.SaveMode.OVERWRITE if overwrite else ray_data.SaveMode.APPEND
-        before = set(Path(out).glob("*.parquet")) if _is_local(out) and not overwrite else set()
-        vectors.select_columns(["id", "vector"]).write_parquet(out, min_rows_per_file=rows_per_file, mode=mode)
-        if preserve_order and id_field is None and _is_local(out):
-            _name_shards_in_row_order(sorted(set(Path(out).glob("*.parquet")) - before), rows_per_file)
+        if _is_local(out):  # into a new folder of ours, swapped in once complete: no one else's file is touched
+            with _staged_output(out, overwrite) as staging:
+                vectors.select_columns(["id", "vector"]).write_parquet(str(staging), min_rows_per_file=rows_per_file,
+                                                                       mode=ray_data.SaveMode.APPEND)
+                if preserve_order and id_field is None:
+                    _name_shards_in_row_order(sorted(staging.glob("*.parquet")), rows_per_file)
+        else:
+            vectors.select_columns(["id", "vector"]).write_parquet(out, min_rows_per_file=rows_per_file,
+                                                                   mode=ray_data.SaveMode.APPEND)
         seconds = time.perf_counter() - started
         files = sorted(str(p) for p in Path(out).glob("*.parquet")) if _is_local(out) else []
         dim = None

@@ -135,17 +135,18 @@ class PromptTokenizer:
         self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+        from ..core.batching import tokenize_marking_truncated
+
         embedder = self._embedder
         limit = embedder.max_length
         with self._lock:
             ids = embedder.tokenize(texts)
             candidates = [i for i, row in enumerate(ids) if len(row) >= limit - _TRUNCATION_SLACK]
             truncated: list[int] = []
-            if candidates:
-                template = embedder.prompt
-                whole = embedder.tokenizer([template.wrap(template.clean(texts[i])) for i in candidates],
-                                           add_special_tokens=True)["input_ids"]
-                truncated = [i for i, row in zip(candidates, whole, strict=True) if len(row) > limit]
+            if candidates:  # whether the whole prompt is longer than max_length, from a bounded prefix of each text
+                _, cut = tokenize_marking_truncated(embedder.tokenizer, embedder.prompt, [texts[i] for i in candidates],
+                                                    limit)
+                truncated = [candidates[j] for j in cut]
         return ids, truncated
 
 
