@@ -46,7 +46,8 @@ def _ray_data() -> Any:
 def _build_embedder(model: str | None, config: Mapping[str, Any] | None, embedder_options: Mapping[str, Any],
                     ) -> MoEEmbedder:
     if config is not None:
-        return MoEEmbedder.from_config(dict(config), **embedder_options)
+        caller_kwargs = {"model_kwargs": config.get("model_kwargs")}  # the caller's own config: not a file's
+        return MoEEmbedder.from_config(dict(config), **{**caller_kwargs, **embedder_options})
     if model is None:
         raise ValueError("MoEEPredictor needs model= ('moee:<alias>', a hub id or a directory) or config=")
     return MoEEmbedder(model, **embedder_options)

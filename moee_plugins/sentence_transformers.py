@@ -189,7 +189,8 @@ class MoEEModule(InputModule):
         embedder_options, adapter, loading = split_model_kwargs(model_kwargs)
         saved = MoEEmbedder.read_folder(directory)
         if loading:
-            embedder_options["model_kwargs"] = {**(saved["embedder"].get("model_kwargs") or {}), **loading}
+            embedder_options["model_kwargs"] = {**options.file_model_kwargs(saved["embedder"].get("model_kwargs")),
+                                                **loading}
         if "device" not in embedder_options and REQUESTED_DEVICE.get() is not None:
             embedder_options["device"] = REQUESTED_DEVICE.get()
         embedder = MoEEmbedder.from_pretrained(directory, trust_remote_code=bool(trust_remote_code), **embedder_options)
