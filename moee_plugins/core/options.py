@@ -45,9 +45,11 @@ _RESERVED_MODEL_KWARGS = {
 # the from_pretrained arguments a config from a FILE may set (docs/security.md), each with its value check:
 # none of them can run code, read another file or place the model elsewhere
 _ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_EXPERTS = ("eager", "batched_mm", "grouped_mm")
 FILE_MODEL_KWARGS: dict[str, Callable[[Any], bool]] = {
     "revision": lambda v: isinstance(v, str) and 0 < len(v) <= 200 and ".." not in v,
     "attn_implementation": lambda v: v in _ATTENTION,
+    "experts_implementation": lambda v: v in _EXPERTS,
     "low_cpu_mem_usage": lambda v: isinstance(v, bool),
 }
 
