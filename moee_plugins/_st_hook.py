@@ -168,7 +168,7 @@ def _saved_dir(reference: str) -> str | None:
 
 def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
     """Refuse a folder holding anything but our one module (``moee:`` is no way around the trust check), and fill
-    the model-level settings it records (prompts, similarity) unless the caller gave them."""
+    the model-level settings it records (prompts, similarity, truncate_dim) unless the caller gave them."""
     modules = json.loads(Path(directory, "modules.json").read_text(encoding="utf-8"))
     if [m.get("type") for m in modules] != [MODULE_TYPE]:
         raise ValueError(f"moee:{directory} loads folders holding one {MODULE_TYPE}; this one has modules "
@@ -177,7 +177,7 @@ def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
     settings_path = os.path.join(directory, "config_sentence_transformers.json")
     if os.path.isfile(settings_path):
         settings = json.loads(Path(settings_path).read_text(encoding="utf-8"))
-        for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
+        for key in ("prompts", "default_prompt_name", "similarity_fn_name", "truncate_dim"):
             if kwargs.get(key) is None and settings.get(key) is not None:
                 kwargs[key] = settings[key]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -32,8 +33,11 @@ from ._st_hook import REQUESTED_DEVICE, hook_installed, install_hook, module_for
 from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
 from .core.embedder import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
-__all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "hook_installed", "install_hook", "load",
-           "split_model_kwargs", "uninstall_hook"]
+__all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "MoEESentenceTransformer", "hook_installed",
+           "install_hook", "load", "split_model_kwargs", "uninstall_hook"]
+
+# the truncate_dim of the encode call in progress (sentence-transformers applies it after the module, unseen)
+_CALL_TRUNCATE_DIM: ContextVar[int | None] = ContextVar("moee_call_truncate_dim", default=None)
 
 
 class _Features(dict):
@@ -106,7 +110,14 @@ class MoEEModule(InputModule):
         return self.embedder.prompt_for(prompt)
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Token ids exactly as the core builds them, padded as :meth:`MoEEmbedder.encode_features` expects."""
+        """Token ids exactly as the core builds them, padded as :meth:`MoEEmbedder.encode_features` expects.
+
+        A per-call ``processing_kwargs`` is refused: the core tokenises (prompt template, truncation inside it), so
+        a tokenizer setting would be silently ignored; the length is the model's ``max_seq_length``."""
+        if kwargs.get("processing_kwargs"):
+            raise ValueError(f"processing_kwargs={kwargs['processing_kwargs']!r:.120} is not used by an MoEE model (the "
+                             "core tokenises inside its prompt template): set model.max_seq_length = N (tokens per "
+                             "text, prompt included) to change the length")
         texts, _ = check_texts(list(inputs))
         input_ids, attention_mask = self.embedder.pad(self.embedder.tokenize(texts, prompt=prompt))
         return {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -126,9 +137,10 @@ class MoEEModule(InputModule):
         return output
 
     def _check_truncate_dim(self) -> int | None:
-        """The compact size the owner's ``truncate_dim`` asks for (None: full vectors); refuses a plain cut."""
+        """The compact size the encode call's or the owner's ``truncate_dim`` asks for (None: full vectors);
+        refuses a plain cut."""
         owner = self._owner() if self.__dict__.get("_owner") is not None else None
-        size = getattr(owner, "truncate_dim", None)
+        size = _CALL_TRUNCATE_DIM.get() or getattr(owner, "truncate_dim", None)
         self.embedder.check_truncation(size)
         return None if size is None or size == self.embedder.dim else size
 
@@ -154,6 +166,8 @@ class MoEEModule(InputModule):
     def on_model_ready(self, model: Any) -> None:
         """Set the mode's similarity (unless one was given or saved) and an honest model card."""
         self.__dict__["_owner"] = weakref.ref(model)
+        if type(model) is SentenceTransformer:  # a user's own subclass is kept as it is
+            model.__class__ = MoEESentenceTransformer
         self._check_truncate_dim()
         if getattr(model, "_similarity_fn_name", "unknown") is None:
             model.similarity_fn_name = self.similarity_fn_name
@@ -196,6 +210,24 @@ class MoEEModule(InputModule):
         embedder = MoEEmbedder.from_pretrained(directory, trust_remote_code=bool(trust_remote_code), **embedder_options)
         include = adapter.get("include_weights", bool(saved.get("weights")))
         return cls(embedder, include_weights=include, source=saved.get("source"))
+
+
+class MoEESentenceTransformer(SentenceTransformer):
+    """The ``SentenceTransformer`` an :class:`MoEEModule` runs in (set when the model is assembled): a per-call
+    ``encode(..., truncate_dim=d)`` gets the module's rule (a fitted compact size, else refused) instead of a plain
+    cut, which sentence-transformers applies after the module, where the module cannot see it."""
+
+    def encode(self, *args: Any, truncate_dim: int | None = None, **kwargs: Any) -> Any:
+        if truncate_dim is None:
+            return super().encode(*args, **kwargs)
+        module = self[0]
+        if isinstance(module, MoEEModule):
+            module.embedder.check_truncation(truncate_dim)
+        token = _CALL_TRUNCATE_DIM.set(truncate_dim)
+        try:
+            return super().encode(*args, truncate_dim=truncate_dim, **kwargs)
+        finally:
+            _CALL_TRUNCATE_DIM.reset(token)
 
 
 def load(model: str, *, device: str | None = None, trust_remote_code: bool = False, include_weights: bool = False,
