@@ -13,7 +13,6 @@ import pytest
 from moee_plugins import MoEEmbedder
 from moee_plugins.core import options
 from moee_plugins.core.embedder import CONFIG_FILE, WEIGHTS_DIR
-from moee_plugins.core.folders import check_symlinks
 
 TEXTS = ["The hockey team won.", "moon"]
 
@@ -82,6 +81,8 @@ def test_a_tokenizer_file_linking_outside_the_folder_is_refused(tiny_embedder, t
 
 
 def test_links_inside_the_folder_and_hub_cache_blobs_are_allowed(tiny_embedder, tmp_path):
+    from moee_plugins.core.folders import check_symlinks
+
     folder = tiny_embedder.save_pretrained(tmp_path / "saved")
     (folder / "copy.json").write_text("{}")
     os.symlink(folder / "copy.json", folder / "inside.json")
