@@ -31,6 +31,7 @@ from sentence_transformers.base.modules import InputModule  # noqa: E402
 
 from ._st_hook import REQUESTED_DEVICE, hook_installed, install_hook, module_for, split_model_kwargs, uninstall_hook  # noqa: E402
 from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
+from .core.batching import tokenize  # noqa: E402
 from .core.embedder import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
 __all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "MoEESentenceTransformer", "hook_installed",
@@ -112,14 +113,15 @@ class MoEEModule(InputModule):
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Token ids exactly as the core builds them, padded as :meth:`MoEEmbedder.encode_features` expects.
 
-        A per-call ``processing_kwargs`` is refused: the core tokenises (prompt template, truncation inside it), so
-        a tokenizer setting would be silently ignored; the length is the model's ``max_seq_length``."""
-        if kwargs.get("processing_kwargs"):
-            raise ValueError(f"processing_kwargs={kwargs['processing_kwargs']!r:.120} is not used by an MoEE model (the "
-                             "core tokenises inside its prompt template): set model.max_seq_length = N (tokens per "
-                             "text, prompt included) to change the length")
+        A per-call ``processing_kwargs={"text": {"max_length": n}}`` is honoured (the core's truncation inside the
+        prompt template, at ``n`` tokens); any other processing setting is refused rather than silently ignored."""
         texts, _ = check_texts(list(inputs))
-        input_ids, attention_mask = self.embedder.pad(self.embedder.tokenize(texts, prompt=prompt))
+        max_length = _call_max_length(kwargs.get("processing_kwargs"))
+        if max_length is None:
+            token_ids = self.embedder.tokenize(texts, prompt=prompt)
+        else:
+            token_ids = tokenize(self.embedder.tokenizer, self.embedder.prompt_for(prompt), texts, max_length)
+        input_ids, attention_mask = self.embedder.pad(token_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -212,6 +214,23 @@ class MoEEModule(InputModule):
         return cls(embedder, include_weights=include, source=saved.get("source"))
 
 
+def _call_max_length(processing_kwargs: Any) -> int | None:
+    """The ``max_length`` of a per-call ``processing_kwargs`` (None: the model's); what the core cannot honour is
+    refused, naming the fix."""
+    if not processing_kwargs:
+        return None
+    text = processing_kwargs.get("text") if isinstance(processing_kwargs, dict) else None
+    other = sorted(set(processing_kwargs) - {"text"}) if isinstance(processing_kwargs, dict) else processing_kwargs
+    unsupported = sorted(set(text) - {"max_length", "truncation"}) if isinstance(text, dict) else text
+    if other or unsupported or not isinstance(text, dict) or text.get("truncation", True) is not True:
+        raise ValueError(f"processing_kwargs={processing_kwargs!r:.120}: an MoEE model honours only "
+                         "{'text': {'max_length': N}} (the core tokenises inside its prompt template and always "
+                         "truncates); set model.max_seq_length = N to change the length for every call")
+    if "max_length" not in text:
+        return None
+    return options.check_positive_int(text["max_length"], "processing_kwargs['text']['max_length']")
+
+
 class MoEESentenceTransformer(SentenceTransformer):
     """The ``SentenceTransformer`` an :class:`MoEEModule` runs in (set when the model is assembled): a per-call
     ``encode(..., truncate_dim=d)`` gets the module's rule (a fitted compact size, else refused) instead of a plain
@@ -228,6 +247,10 @@ class MoEESentenceTransformer(SentenceTransformer):
             return super().encode(*args, truncate_dim=truncate_dim, **kwargs)
         finally:
             _CALL_TRUNCATE_DIM.reset(token)
+
+
+# shown (repr, sentence-transformers' own messages) as what it is to its users; pickled by its qualified name
+MoEESentenceTransformer.__name__ = SentenceTransformer.__name__
 
 
 def load(model: str, *, device: str | None = None, trust_remote_code: bool = False, include_weights: bool = False,

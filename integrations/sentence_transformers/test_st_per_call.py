@@ -1,6 +1,6 @@
 """What sentence-transformers' own encode arguments and saved settings do to an MoEE model: a saved truncate_dim
-comes back through ``moee:``, a per-call truncate_dim follows the module's rule, and per-call tokenizer settings
-the module cannot honour are refused rather than ignored."""
+comes back through ``moee:``, a per-call truncate_dim follows the module's rule, a per-call max_length is honoured
+and other per-call tokenizer settings are refused rather than ignored."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def test_a_per_call_truncate_dim_of_a_fitted_size_gives_the_compact_vectors(st_h
     assert model.encode(texts).shape[1] == reduction.dim  # the call's size did not stay on the model
 
 
-def test_per_call_processing_kwargs_are_refused_with_the_fix(st_model, texts):
-    with pytest.raises(ValueError, match="max_seq_length"):
-        st_model.encode(texts, processing_kwargs={"text": {"max_length": 4}})
+def test_a_per_call_max_length_is_honoured_and_other_processing_kwargs_refused(st_model, texts):
+    core = st_model[0].embedder
+    short = MoEEmbedder.from_config(core.config, model=core.model, tokenizer=core.tokenizer, max_length=16)
+    got = st_model.encode(texts, processing_kwargs={"text": {"max_length": 16, "truncation": True}})
+    np.testing.assert_allclose(got, short.encode(texts), atol=1e-5, rtol=0)  # the core's cut inside the template
+    assert np.abs(got - st_model.encode(texts)).max() > 1e-3  # ... so not the model's own length
+    for bad in ({"text": {"padding": "max_length"}}, {"text": {"max_length": 16, "truncation": False}},
+                {"image": {"size": 4}}):
+        with pytest.raises(ValueError, match="max_seq_length"):
+            st_model.encode(texts, processing_kwargs=bad)
