@@ -14,20 +14,18 @@ vector depends strongly on the template around the text, and only one template k
 queries and documents in one space.
 
 Saving: use :func:`save_topic_model` / :func:`load_topic_model`. BERTopic's own ``topic_model.save(dir,
-serialization="safetensors")`` cannot carry this backend (it records only a sentence-transformers model name),
-so it fails at save time with a message pointing here rather than writing a folder whose ``BERTopic.load``
-silently has no backend (``find_topics`` would fail with ``'NoneType' object has no attribute 'flatten'``).
-``serialization="pickle"`` keeps the backend (its config, statistics included). ``save_embedding_model=<dir>``
-is taken by BERTopic as a plain sentence-transformers model; give ``"moee:<a saved MoEE folder>"`` there
-(``SentenceTransformer(...).save(dir)`` of an MoEE model) and ``import moee_plugins`` before loading.
+serialization="safetensors")`` records only a sentence-transformers model name: with
+``save_embedding_model="moee:<a saved MoEE folder>"`` (``SentenceTransformer(...).save(dir)`` of an MoEE model)
+``BERTopic.load`` rebuilds the model from that folder (``import moee_plugins`` first); without it the folder has no
+embedding model (the backend has no ``_hf_model``, as BERTopic's save probes for, so nothing is recorded).
+``serialization="pickle"`` keeps the backend (its config, statistics included).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,24 +84,6 @@ class MoEEBackend(_backend.BaseEmbedder):
         # kept as given: an instruction ("word: ") is relative to the embedder's template
         self._word_prompt_config = word_prompt if isinstance(word_prompt, str) or word_prompt is None else (
             prompt_to_config(word_prompt))
-        self._saving = False
-
-    @property
-    def _hf_model(self) -> None:
-        """What BERTopic's own directory save records as the embedding model: refused (see the module docs)."""
-        if self.__dict__.get("_saving"):
-            return None
-        raise TypeError("BERTopic's topic_model.save(..., serialization='safetensors'/'pytorch') cannot save a "
-                        "MoEEBackend: use moee_plugins.bertopic.save_topic_model(topic_model, path) and "
-                        "load_topic_model(path), or serialization='pickle'")
-
-    @contextmanager
-    def _saved_by_us(self) -> Iterator[None]:
-        self._saving = True
-        try:
-            yield
-        finally:
-            self._saving = False
 
     # ------------------------------------------------------------------ BaseEmbedder
     def embed(self, documents: Sequence[str], verbose: bool = False) -> np.ndarray:
@@ -112,6 +92,13 @@ class MoEEBackend(_backend.BaseEmbedder):
 
     def embed_documents(self, document: Sequence[str], verbose: bool = False) -> np.ndarray:
         return self._encode(document, verbose, None)
+
+    def encode(self, documents: str | Sequence[str], *, show_progress_bar: bool = False) -> np.ndarray:
+        """``embed`` under the name BERTopic's recipes call (``embedding_model.encode(docs)``, as on a
+        sentence-transformers model); one string gives one vector."""
+        if isinstance(documents, str):
+            return self.embed([documents], verbose=show_progress_bar)[0]
+        return self._encode(documents, show_progress_bar, None)
 
     def embed_words(self, words: Sequence[str], verbose: bool = False) -> np.ndarray:
         """Words and search terms: the ``word_prompt`` template if set, else the documents' template."""
@@ -192,8 +179,7 @@ def save_topic_model(
         raise ValueError(f"serialization must be 'safetensors' or 'pytorch' (a directory), got {serialization!r}")
     path = Path(path)
     # no embedding_model entry is written, so loading never tries to fetch a sentence-transformers model by name
-    with backend._saved_by_us():
-        topic_model.save(path, serialization=serialization, save_embedding_model=True, save_ctfidf=save_ctfidf)
+    topic_model.save(path, serialization=serialization, save_embedding_model=True, save_ctfidf=save_ctfidf)
     (path / BACKEND_CONFIG).write_text(json.dumps(backend.config, indent=2), encoding="utf-8")
     return path
 

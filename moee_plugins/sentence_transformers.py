@@ -36,10 +36,14 @@ from sentence_transformers.base.modules import InputModule  # noqa: E402
 
 from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
 from .core.aliases import PREFIX, strip_prefix  # noqa: E402
+from .core.batching import tokenize  # noqa: E402
 from .core.persistence import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
-__all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "hook_installed", "install_hook", "load",
-           "split_model_kwargs", "uninstall_hook"]
+__all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "MoEESentenceTransformer", "hook_installed",
+           "install_hook", "load", "split_model_kwargs", "uninstall_hook"]
+
+# the truncate_dim of the encode call in progress (sentence-transformers applies it after the module, unseen)
+_CALL_TRUNCATE_DIM: ContextVar[int | None] = ContextVar("moee_call_truncate_dim", default=None)
 
 
 class _Features(dict):
@@ -112,9 +116,17 @@ class MoEEModule(InputModule):
         return self.embedder.prompt_for(prompt)
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Token ids exactly as the core builds them, padded as :meth:`MoEEmbedder.encode_features` expects."""
+        """Token ids exactly as the core builds them, padded as :meth:`MoEEmbedder.encode_features` expects.
+
+        A per-call ``processing_kwargs={"text": {"max_length": n}}`` is honoured (the core's truncation inside the
+        prompt template, at ``n`` tokens); any other processing setting is refused rather than silently ignored."""
         texts, _ = check_texts(list(inputs))
-        input_ids, attention_mask = self.embedder.pad(self.embedder.tokenize(texts, prompt=prompt))
+        max_length = _call_max_length(kwargs.get("processing_kwargs"))
+        if max_length is None:
+            token_ids = self.embedder.tokenize(texts, prompt=prompt)
+        else:
+            token_ids = tokenize(self.embedder.tokenizer, self.embedder.prompt_for(prompt), texts, max_length)
+        input_ids, attention_mask = self.embedder.pad(token_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -132,9 +144,10 @@ class MoEEModule(InputModule):
         return output
 
     def _check_truncate_dim(self) -> int | None:
-        """The compact size the owner's ``truncate_dim`` asks for (None: full vectors); refuses a plain cut."""
+        """The compact size the encode call's or the owner's ``truncate_dim`` asks for (None: full vectors);
+        refuses a plain cut."""
         owner = self._owner() if self.__dict__.get("_owner") is not None else None
-        size = getattr(owner, "truncate_dim", None)
+        size = _CALL_TRUNCATE_DIM.get() or getattr(owner, "truncate_dim", None)
         self.embedder.check_truncation(size)
         return None if size is None or size == self.embedder.dim else size
 
@@ -160,6 +173,8 @@ class MoEEModule(InputModule):
     def on_model_ready(self, model: Any) -> None:
         """Set the mode's similarity (unless one was given or saved) and an honest model card."""
         self.__dict__["_owner"] = weakref.ref(model)
+        if type(model) is SentenceTransformer:  # a user's own subclass is kept as it is
+            model.__class__ = MoEESentenceTransformer
         self._check_truncate_dim()
         if getattr(model, "_similarity_fn_name", "unknown") is None:
             model.similarity_fn_name = self.similarity_fn_name
@@ -195,12 +210,52 @@ class MoEEModule(InputModule):
         embedder_options, adapter, loading = split_model_kwargs(model_kwargs)
         saved = MoEEmbedder.read_folder(directory)
         if loading:
-            embedder_options["model_kwargs"] = {**(saved["embedder"].get("model_kwargs") or {}), **loading}
+            embedder_options["model_kwargs"] = {**options.file_model_kwargs(saved["embedder"].get("model_kwargs")),
+                                                **loading}
         if "device" not in embedder_options and REQUESTED_DEVICE.get() is not None:
             embedder_options["device"] = REQUESTED_DEVICE.get()
         embedder = MoEEmbedder.from_pretrained(directory, trust_remote_code=bool(trust_remote_code), **embedder_options)
         include = adapter.get("include_weights", bool(saved.get("weights")))
         return cls(embedder, include_weights=include, source=saved.get("source"))
+
+
+def _call_max_length(processing_kwargs: Any) -> int | None:
+    """The ``max_length`` of a per-call ``processing_kwargs`` (None: the model's); what the core cannot honour is
+    refused, naming the fix."""
+    if not processing_kwargs:
+        return None
+    text = processing_kwargs.get("text") if isinstance(processing_kwargs, dict) else None
+    other = sorted(set(processing_kwargs) - {"text"}) if isinstance(processing_kwargs, dict) else processing_kwargs
+    unsupported = sorted(set(text) - {"max_length", "truncation"}) if isinstance(text, dict) else text
+    if other or unsupported or not isinstance(text, dict) or text.get("truncation", True) is not True:
+        raise ValueError(f"processing_kwargs={processing_kwargs!r:.120}: an MoEE model honours only "
+                         "{'text': {'max_length': N}} (the core tokenises inside its prompt template and always "
+                         "truncates); set model.max_seq_length = N to change the length for every call")
+    if "max_length" not in text:
+        return None
+    return options.check_positive_int(text["max_length"], "processing_kwargs['text']['max_length']")
+
+
+class MoEESentenceTransformer(SentenceTransformer):
+    """The ``SentenceTransformer`` an :class:`MoEEModule` runs in (set when the model is assembled): a per-call
+    ``encode(..., truncate_dim=d)`` gets the module's rule (a fitted compact size, else refused) instead of a plain
+    cut, which sentence-transformers applies after the module, where the module cannot see it."""
+
+    def encode(self, *args: Any, truncate_dim: int | None = None, **kwargs: Any) -> Any:
+        if truncate_dim is None:
+            return super().encode(*args, **kwargs)
+        module = self[0]
+        if isinstance(module, MoEEModule):
+            module.embedder.check_truncation(truncate_dim)
+        token = _CALL_TRUNCATE_DIM.set(truncate_dim)
+        try:
+            return super().encode(*args, truncate_dim=truncate_dim, **kwargs)
+        finally:
+            _CALL_TRUNCATE_DIM.reset(token)
+
+
+# shown (repr, sentence-transformers' own messages) as what it is to its users; pickled by its qualified name
+MoEESentenceTransformer.__name__ = SentenceTransformer.__name__
 
 
 def load(model: str, *, device: str | None = None, trust_remote_code: bool = False, include_weights: bool = False,
@@ -290,7 +345,7 @@ def _saved_dir(reference: str) -> str | None:
 
 def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
     """Refuse a folder holding anything but our one module (``moee:`` is no way around the trust check), and fill
-    the model-level settings it records (prompts, similarity) unless the caller gave them."""
+    the model-level settings it records (prompts, similarity, truncate_dim) unless the caller gave them."""
     modules = json.loads(Path(directory, "modules.json").read_text(encoding="utf-8"))
     if [m.get("type") for m in modules] != [MODULE_TYPE]:
         raise ValueError(f"moee:{directory} loads folders holding one {MODULE_TYPE}; this one has modules "
@@ -299,7 +354,7 @@ def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
     settings_path = os.path.join(directory, "config_sentence_transformers.json")
     if os.path.isfile(settings_path):
         settings = json.loads(Path(settings_path).read_text(encoding="utf-8"))
-        for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
+        for key in ("prompts", "default_prompt_name", "similarity_fn_name", "truncate_dim"):
             if kwargs.get(key) is None and settings.get(key) is not None:
                 kwargs[key] = settings[key]
 

@@ -172,13 +172,39 @@ def test_save_and_load_safetensors_reattaches_the_backend(fitted, backend, new_d
 def test_load_topic_model_errors(fitted, tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved topic model"):
         load_topic_model(tmp_path / "missing")
-    with pytest.raises(TypeError, match="save_topic_model"):  # BERTopic's own save fails loudly, at save time
-        fitted.save(tmp_path / "plain", serialization="safetensors", save_embedding_model=True)
-    (tmp_path / "other").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"moee_backend\.json"):
-        load_topic_model(tmp_path / "other")
+    fitted.save(tmp_path / "plain", serialization="safetensors", save_embedding_model=True)  # BERTopic's own save
+    assert "embedding_model" not in json.loads((tmp_path / "plain" / "config.json").read_text())  # nothing recorded
+    with pytest.raises(FileNotFoundError, match=r"moee_backend\.json"):  # ... and ours says what is missing
+        load_topic_model(tmp_path / "plain")
     with pytest.raises(TypeError, match="MoEEBackend"):
         save_topic_model(BERTopic(), tmp_path / "x")
+
+
+def test_bertopic_own_save_with_a_moee_folder_reloads_the_model(fitted, embedder, new_docs, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from moee_plugins.sentence_transformers import MoEEModule
+
+    folder = tmp_path / "moee"
+    SentenceTransformer(modules=[MoEEModule(embedder)]).save(str(folder))
+    assert not hasattr(fitted.embedding_model, "_hf_model")  # BERTopic's probe: an AttributeError, not a TypeError
+    path = tmp_path / "topics"
+    fitted.save(path, serialization="safetensors", save_embedding_model=f"moee:{folder}")  # as docs/bertopic.md says
+    assert json.loads((path / "config.json").read_text())["embedding_model"] == f"moee:{folder}"
+    assert (path / "topics.json").is_file()
+
+    loaded = BERTopic.load(str(path))  # BERTopic's own load: SentenceTransformer("moee:<folder>")
+    expected = fitted.embedding_model.embed(new_docs)
+    np.testing.assert_allclose(loaded.embedding_model.embed(new_docs), expected, rtol=1e-5, atol=1e-6)
+    topics, _ = loaded.transform(new_docs)
+    assert list(topics) == cosine_similarity(expected, fitted.topic_embeddings_).argmax(axis=1).tolist()
+
+
+def test_encode_is_embed_under_the_name_bertopic_recipes_call(backend, new_docs):
+    vectors = backend.encode(new_docs, show_progress_bar=False)
+    assert vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors, backend.embed(new_docs))
+    np.testing.assert_allclose(backend.encode(new_docs[0]), vectors[0], rtol=1e-5, atol=1e-6)  # one text: one vector
 
 
 def test_pickle_save_and_load_gives_identical_transform(fitted, new_docs, tmp_path):

@@ -91,7 +91,9 @@ def build_embedder(model: Any = None, *, embedder: Any = None, config: Mapping[s
     if clash:
         raise ValueError(f"{owner}: set {clash} as the adapter's own fields, not inside {options_name}")
     if config is not None:
-        return MoEEmbedder.from_config(dict(config), **options)
+        # the caller's own config (e.g. a driver's embedder sent to its actors), not a file: its loading
+        # arguments are the caller's, so they pass as the caller's own (not through the file allowlist)
+        return MoEEmbedder.from_config(dict(config), **{"model_kwargs": config.get("model_kwargs"), **options})
     if model is None:
         raise ValueError(f"{owner} needs a model ('moee:<alias>', a hub id or a local directory), a config, or an "
                          "existing embedder=MoEEmbedder(...)")

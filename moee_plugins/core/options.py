@@ -42,6 +42,17 @@ _RESERVED_MODEL_KWARGS = {
     "quantization_config": "use the quantization option", "config": "pass a loaded model instead",
 }
 
+# the from_pretrained arguments a config from a FILE may set (docs/security.md), each with its value check:
+# none of them can run code, read another file or place the model elsewhere
+_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_EXPERTS = ("eager", "batched_mm", "grouped_mm")
+FILE_MODEL_KWARGS: dict[str, Callable[[Any], bool]] = {
+    "revision": lambda v: isinstance(v, str) and 0 < len(v) <= 200 and ".." not in v,
+    "attn_implementation": lambda v: v in _ATTENTION,
+    "experts_implementation": lambda v: v in _EXPERTS,
+    "low_cpu_mem_usage": lambda v: isinstance(v, bool),
+}
+
 
 class _Default:
     """Marks an argument the caller did not give (so an alias's default, then the table's, applies)."""
@@ -296,14 +307,38 @@ def split_model_kwargs(model_kwargs: Mapping[str, Any] | None, *, adapter_keys: 
     return embedder_options, adapter, {**loading, **nested}
 
 
-def options_from_config(config: Mapping[str, Any], *, trust_remote_code: bool = False) -> dict[str, Any]:
-    """The options a saved config asks for, with consent to run code set by the LOADING caller, never the file."""
+def file_model_kwargs(value: Any) -> dict[str, Any]:
+    """The ``model_kwargs`` of a config that came from a file or dict someone may have sent: only the loading
+    arguments of :data:`FILE_MODEL_KWARGS` (docs/security.md), each with a checked value; anything else (pickle
+    loading, code revisions, device maps, offload folders, ...) is refused by name. The caller's own keyword
+    arguments are never restricted this way."""
+    kwargs = _model_kwargs(value)
+    refused = sorted(k for k in kwargs if k not in FILE_MODEL_KWARGS)
+    if refused:
+        raise ValueError(f"a saved config may not set model_kwargs {refused}: a config from a file may only set "
+                         f"{sorted(FILE_MODEL_KWARGS)} (see docs/security.md); pass other loading arguments "
+                         "yourself, e.g. from_pretrained(folder, model_kwargs={...}) or from_config(config, "
+                         "model_kwargs={...})")
+    for key, check in FILE_MODEL_KWARGS.items():
+        if key in kwargs and not check(kwargs[key]):
+            raise ValueError(f"a saved config's model_kwargs[{key!r}] = {kwargs[key]!r:.80} is not allowed "
+                             "(see docs/security.md)")
+    return kwargs
+
+
+def options_from_config(config: Mapping[str, Any], *, trust_remote_code: bool = False,
+                        overridden: Iterable[str] = ()) -> dict[str, Any]:
+    """The options a saved config asks for, with consent to run code set by the LOADING caller, never the file,
+    and loading arguments limited to the file allowlist (:func:`file_model_kwargs`); the options the caller
+    gives (``overridden``) replace the file's, so theirs are not read."""
     if not isinstance(config, Mapping):
         raise TypeError(f"a MoEEmbedder config must be a dict, got {type(config).__name__}")
     unknown = sorted(set(config) - set(OPTIONS) - set(STATE_KEYS) - set(INFO_KEYS))
     if unknown:
         raise ValueError(f"unknown MoEEmbedder config keys: {unknown}; valid: {sorted(OPTIONS)}")
-    out = {k: v for k, v in config.items() if k in OPTIONS and OPTIONS[k].from_file}
+    out = {k: v for k, v in config.items() if k in OPTIONS and OPTIONS[k].from_file and k not in set(overridden)}
+    if "model_kwargs" in out:
+        out["model_kwargs"] = file_model_kwargs(out["model_kwargs"])
     out["trust_remote_code"] = _trust(trust_remote_code)
     return out
 

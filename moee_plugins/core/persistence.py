@@ -20,6 +20,7 @@ from typing import Any
 
 from . import options as opts
 from .files import model_files_fingerprint
+from .folders import check_symlinks
 from .loading import load_tokenizer, resolve_reference
 from .version import __version__
 
@@ -82,7 +83,7 @@ def from_config(cls: Any, config: Mapping[str, Any], *, model: Any = None, token
     ``trust_remote_code`` is the loading caller's choice alone: a config (a file someone sent) that says
     ``"trust_remote_code": true`` never switches remote code on by itself.
     """
-    kwargs = opts.options_from_config(config, trust_remote_code=trust_remote_code)
+    kwargs = opts.options_from_config(config, trust_remote_code=trust_remote_code, overridden=overrides)
     if config.get("trust_remote_code") and not trust_remote_code:
         logger.warning("ignoring trust_remote_code=true in a config: only the caller can allow a model's own "
                        "code to run (from_config(..., trust_remote_code=True))")
@@ -205,6 +206,7 @@ def read_folder(directory: str | os.PathLike[str]) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{path} is not a saved MoEE embedder: no {CONFIG_FILE}")
+    check_symlinks(path)  # no file of a received folder may lead outside it
     saved = json.loads(config_path.read_text(encoding="utf-8"))
     if not isinstance(saved, dict) or saved.get("format") not in FOLDER_FORMATS or not isinstance(
             saved.get("embedder"), dict):

@@ -82,6 +82,9 @@ class MoEEMTEBModel:
         >>> mteb.evaluate(model, mteb.get_task("STSBenchmark"))                          # doctest: +SKIP
         >>> mteb.evaluate(model.with_mode("hs"), mteb.get_task("STSBenchmark"))  # no new forward  # doctest: +SKIP
 
+    The embedder's statistics are fixed when the wrapper is built (a calibration on the built-in sentences if it
+    has none), so ``revision`` (what MTEB files results under) is stable for the wrapper and every view.
+
     Args:
         model: a :class:`MoEEmbedder`, or what :class:`MoEEmbedder` accepts (then ``embedder_kwargs`` configure it).
         mode: ``hs``, ``rw``, ``concat`` or ``sum`` (default: the embedder's).
@@ -103,6 +106,10 @@ class MoEEMTEBModel:
         self._seen: dict[str, set[bytes]] = {}  # shared by every view: keys of the texts each task encoded
         self.mode, self.alpha = self._check(mode or embedder.mode, embedder.alpha if alpha is None else alpha)
         self._n_parameters = sum(p.numel() for p in embedder.model.parameters())
+        # statistics fixed now (any mode a view may use), so the revision MTEB files results under is known at
+        # construction and the same for this wrapper and all its views
+        embedder.fix_statistics()
+        self.revision = config_revision(embedder)
         self.mteb_model_meta = self._meta()
 
     @staticmethod
@@ -125,7 +132,7 @@ class MoEEMTEBModel:
             experiment["alpha"] = alpha_label if alpha_label is not None else self.alpha
         dim = self.embedder.dim_of(self.mode)
         return _model_meta.ModelMeta(
-            loader=None, name=self.name, revision=config_revision(self.embedder), release_date=None,
+            loader=None, name=self.name, revision=self.revision, release_date=None,
             languages=None, n_parameters=self._n_parameters, memory_usage_mb=None,
             max_tokens=self.embedder.max_length, embed_dim=dim, license=None, open_weights=True,
             public_training_code=None, public_training_data=None, framework=["PyTorch", "Transformers"],
@@ -138,6 +145,10 @@ class MoEEMTEBModel:
     def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
                prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
         """Vectors of this mode for every text of ``inputs`` (a DataLoader of batches with a ``text`` column)."""
+        if config_revision(self.embedder) != self.revision:
+            raise ValueError(f"the embedder changed after this MTEB wrapper was built (revision {self.revision}, now "
+                             f"{config_revision(self.embedder)}: new statistics or options), so its results would be "
+                             "filed under the wrong revision; build a new MoEEMTEBModel for the changed embedder")
         texts: list[str] = []
         for batch in inputs:
             if "text" not in batch:
