@@ -21,6 +21,7 @@ from .aliases import ModelAlias
 from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
 from .combine import MODES, Standardizer, combine, combine_tensors, finite_rows, similarity, standardizer
 from .loading import (
+    IMPLEMENTATION_OPTIONS,
     base_model,
     input_device,
     load_model,
@@ -28,6 +29,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     resolve_reference,
+    set_implementations,
 )
 from .options import DEFAULT
 from .parts import MoEEParts, RouterBlock
@@ -123,7 +125,8 @@ class MoEEmbedder:
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
             ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
-            ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
+            ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``, ``experts_implementation``,
+            ``attn_implementation``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's.
             ``max_tokens_per_batch="auto"`` (default) picks the padded-token budget for the device: on a CPU a
             fixed 2,048 tokens (measured near-optimal, see docs/performance.md); on CUDA the largest power of
@@ -155,6 +158,8 @@ class MoEEmbedder:
         max_tokens_per_batch: int | None = DEFAULT,
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = DEFAULT,
+        experts_implementation: str | None = DEFAULT,
+        attn_implementation: str | None = DEFAULT,
         statistics: Statistics | dict[str, Any] | None = None,
         reduction: Reduction | dict[str, Any] | None = None,
     ) -> None:
@@ -162,7 +167,8 @@ class MoEEmbedder:
                  "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
                  "quantization": quantization, "max_length": max_length, "batch_size": batch_size,
                  "max_tokens_per_batch": max_tokens_per_batch, "trust_remote_code": trust_remote_code,
-                 "model_kwargs": model_kwargs}
+                 "model_kwargs": model_kwargs, "experts_implementation": experts_implementation,
+                 "attn_implementation": attn_implementation}
         alias: ModelAlias | None = None
         if isinstance(model, str):
             reference = resolve_reference(model)
@@ -190,10 +196,12 @@ class MoEEmbedder:
 
         if isinstance(model, str):
             self.model = load_model(reference, device=self.device, dtype=self.dtype, quantization=self.quantization,
-                                    trust_remote_code=self.trust_remote_code, model_kwargs=self.model_kwargs)
+                                    trust_remote_code=self.trust_remote_code, model_kwargs=self.model_kwargs,
+                                    implementations={k: self.options[k] for k in IMPLEMENTATION_OPTIONS})
             self.model_path = reference.path
         else:
             self.model = base_model(model).eval()
+            set_implementations(self.model, {k: self.options[k] for k in IMPLEMENTATION_OPTIONS}, self.device)
             self.model_path = self._model_ref
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or self.model_path, self.trust_remote_code)

@@ -165,6 +165,18 @@ def _tokenizer(value: Any) -> str | None:
     return value
 
 
+def _implementation(name: str) -> Callable[[Any], str | None]:
+    """The check of a kernel choice: None (transformers' own default) or a name; whether the loaded model offers
+    that name is checked when it is loaded (:func:`moee_plugins.core.loading.check_implementations`)."""
+
+    def check(value: Any) -> str | None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{name} must be None (transformers' default) or a name such as 'eager', got {value!r}")
+        return value.strip() if isinstance(value, str) else None
+
+    return check
+
+
 def _model_kwargs(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -214,6 +226,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("trust_remote_code", False, "runtime", _trust, "run a checkpoint's own code (the caller's choice only)",
            from_alias=False, from_file=False),
     Option("model_kwargs", None, "parts", _model_kwargs, "extra from_pretrained arguments"),
+    # kernels compute the same function: vectors agree within 1e-4 (tests/test_kernel_options.py), so not identity
+    Option("experts_implementation", None, "runtime", _implementation("experts_implementation"),
+           "expert kernels: eager, batched_mm, grouped_mm, ... (None: transformers' default)"),
+    Option("attn_implementation", None, "runtime", _implementation("attn_implementation"),
+           "attention kernels: eager, sdpa, flex_attention, ... (None: transformers' default)"),
 )}
 """Every option, in config order."""
 
