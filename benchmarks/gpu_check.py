@@ -4,7 +4,7 @@ prints one table, in under 8 minutes on one GPU.
     python benchmarks/gpu_check.py                          # CUDA: the OLMoE-1B-7B shape in bfloat16
     python benchmarks/gpu_check.py --device cpu --smoke     # a tiny shape on the CPU (CI runs it so it cannot rot)
 
-Rows of the table:
+Rows of the table (after float32 parity with the paper code on the reference fixture):
 
 1. overhead: ``encode()`` with the library defaults vs a bare base-model forward over the very batches it ran
    (recorded from the model's own inputs; target <= 1.03), rounds interleaved, fastest of each;
@@ -56,6 +56,7 @@ from moee_plugins.core.loading import implementation_choices  # noqa: E402
 from moee_plugins.core.pipeline import background_tokenisation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "olmoe-parity"
 SMOKE_SHAPE = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 2,
                "num_attention_heads": 4, "num_key_value_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
                "max_position_embeddings": 1024}
@@ -427,6 +428,17 @@ def make_plan(argv: list[str] | None) -> Plan:
                 args.rounds or (1 if args.smoke else 3), 4 if args.smoke else 32, args.checkpoint_layers, args.smoke)
 
 
+def check_parity(plan: Plan, report: Report) -> None:
+    """float32 parity with the paper code's outputs on the reference fixture (tests/fixtures/olmoe-parity)."""
+    expected = np.load(FIXTURE / "expected.npz", allow_pickle=True)
+    emb = MoEEmbedder(str(FIXTURE / "model"), mode="hs", dtype="float32", device=plan.device)
+    parts = emb.encode_parts([str(t) for t in expected["texts"]], batch_size=6)
+    dh = float(np.abs(parts.hidden - expected["hs_bs6"]).max())
+    dr = float(np.abs(parts.routing - expected["rw_raw_bs6"]).max())
+    report.add("parity with the paper code", "float32, reference fixture", "ok" if max(dh, dr) < 1e-4 else "FAIL",
+               agreement=f"max|HS diff| {dh:.1e}, max|RW diff| {dr:.1e}")
+
+
 def in_memory_checks(plan: Plan, report: Report) -> None:
     """The checks on the full-depth model built in memory (freed when this returns)."""
     model, tokenizer, texts = build(plan)
@@ -462,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
            f"{plan.docs} documents, {plan.rounds} round(s)")
     started = time.perf_counter()
     report = Report()
+    check_parity(plan, report)
     in_memory_checks(plan, report)
     release()
     checkpoint_checks(plan, report)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-CHECKS = ("overhead", "tokenisation overlap", "experts_implementation", "out-of-memory split (forced)", "precision",
-          "device_map", "moee serve")
+CHECKS = ("parity with the paper code", "overhead", "tokenisation overlap", "experts_implementation",
+          "out-of-memory split (forced)", "precision", "device_map", "moee serve")
 
 
 def test_gpu_check_smoke_runs_on_cpu():
@@ -25,8 +25,8 @@ def test_gpu_check_smoke_runs_on_cpu():
     statuses = [line.split("|")[-2].strip() for line in rows[2:]]
     assert "FAIL" not in statuses
     # the correctness rows that can run on a CPU ran and passed (rather than being skipped)
-    for check, variant in [("tokenisation overlap", "on: encode()"), ("experts_implementation", "eager"),
-                           ("experts_implementation", "grouped_mm"), ("out-of-memory split (forced)", "batches over"),
-                           ("moee serve", "server")]:
+    for check, variant in [("parity with the paper code", "float32"), ("tokenisation overlap", "on: encode()"),
+                           ("experts_implementation", "eager"), ("experts_implementation", "grouped_mm"),
+                           ("out-of-memory split (forced)", "batches over"), ("moee serve", "server")]:
         assert any(line.split("|")[1].strip() == check and line.split("|")[2].strip().startswith(variant)
                    and line.split("|")[-2].strip() == "ok" for line in rows), (check, variant, rows)
