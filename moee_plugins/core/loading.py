@@ -245,8 +245,17 @@ def set_implementations(model: Any, requested: dict[str, str | None], device: to
     for name, value in chosen.items():
         try:
             getattr(model, setters[name])(value)
-        except (ValueError, ImportError, RuntimeError) as exc:
+        except (ValueError, ImportError, RuntimeError, AttributeError) as exc:
             raise ValueError(f"{name}={value!r} cannot be used with this model here: {_first_line(exc)}") from None
+        if _current_implementation(model, name) != value:  # transformers only warns when a class cannot switch
+            raise ValueError(f"{name}={value!r}: {type(model).__name__} cannot switch kernels once loaded; load it "
+                             f"by name or directory with {name}={value!r} instead")
+
+
+def _current_implementation(model: Any, name: str) -> str | None:
+    if name == "experts_implementation":
+        return model.get_experts_implementation().get("")
+    return getattr(model.config, "_attn_implementation", None)
 
 
 def _remote_code_error(ref: ModelReference) -> ValueError:
