@@ -1,5 +1,6 @@
-"""One prepared check of the GPU path: builds a random model in the OLMoE-1B-7B shape on the spot (no network) and
-prints one table, in under 8 minutes on one GPU.
+"""One prepared check of the GPU path, printed as one table (under 8 minutes on one GPU, no network).
+
+It builds a random model in the OLMoE-1B-7B shape on the spot.
 
     python benchmarks/gpu_check.py                          # CUDA: the OLMoE-1B-7B shape in bfloat16
     python benchmarks/gpu_check.py --device cpu --smoke     # a tiny shape on the CPU (CI runs it so it cannot rot)
@@ -32,6 +33,7 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")  # nothing here may reach the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -410,7 +412,7 @@ def check_serve(plan: Plan, report: Report, ckpt: Path, texts: list[str], statis
 
 # --------------------------------------------------------------------------- main
 def make_plan(argv: list[str] | None) -> Plan:
-    p = c.argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--smoke", action="store_true", help="a tiny shape and corpus: checks the script, not the GPU")
     p.add_argument("--docs", type=int, default=None, help="documents timed (default: 1,024 on CUDA, 32 for --smoke)")
