@@ -12,7 +12,8 @@ Rows of the table (after float32 parity with the paper code on the reference fix
 2. tokenisation overlap: ``encode()`` (next chunk tokenised in a background thread on an accelerator) vs
    tokenising everything first, then ``encode_token_ids`` (no overlap);
 3. each ``experts_implementation`` the model offers (eager, batched_mm, grouped_mm, and the Hopper kernels
-   where they load), with its agreement to the default kernel;
+   where they load) and each ``attn_implementation`` (eager, sdpa, flash attention where it loads), with its
+   agreement to the default kernel;
 4. bfloat16 vs 4-bit vs 8-bit (bitsandbytes, CUDA only), routers kept in full precision;
 5. the out-of-memory split, forced: the model raises ``torch.OutOfMemoryError`` on batches over a row limit, and
    every row must still come back, in order, equal to small-batch results;
@@ -88,7 +89,9 @@ class Report:
             base: float | None = None, agreement: str = "") -> None:
         rate = docs / seconds if seconds and docs else None
         ratio = seconds / base if seconds and base else None
-        self.rows.append([check, variant, _num(seconds), _num(rate), _num(ratio), agreement, status[:72]])
+        if status.startswith("skipped: "):  # the reason goes where the agreement would
+            status, agreement = "skipped", status.removeprefix("skipped: ")
+        self.rows.append([check, variant, _num(seconds), _num(rate), _num(ratio), agreement[:110], status])
         c.emit(f"  {check} / {variant}: {status} {agreement}".rstrip())
 
     @property
@@ -210,42 +213,44 @@ def check_overlap(plan: Plan, report: Report, emb: MoEEmbedder, texts: list[str]
 
 # batched_mm gathers one expert matrix per (token, expert) pair: at OLMoE's width 12 MiB a pair, so its batches
 # must stay small (the token budget below); every kernel runs on the same short texts
-EXPERT_TOKEN_BUDGETS = {"batched_mm": 256}
-EXPERT_SAMPLE = 128
+KERNEL_TOKEN_BUDGETS = {"batched_mm": 256}
+KERNEL_SAMPLE = 128
 
 
-def check_experts(plan: Plan, report: Report, model: Any, tokenizer: Any, statistics: Any, texts: list[str]) -> None:
-    sample = sorted(texts, key=len)[:EXPERT_SAMPLE]
+def check_kernels(plan: Plan, report: Report, model: Any, tokenizer: Any, statistics: Any, texts: list[str],
+                  option: str) -> None:
+    """Every ``option`` (experts_implementation or attn_implementation) the model offers: speed on the same short
+    texts, and agreement with transformers' default kernel."""
+    sample = sorted(texts, key=len)[:KERNEL_SAMPLE]
     default = embedder(plan, model, tokenizer, statistics)
     reference = default.encode(sample, show_progress_bar=False)
-    choices = implementation_choices(default.model)["experts_implementation"]
+    before = {"experts_implementation": default.model.get_experts_implementation().get(""),
+              "attn_implementation": default.model.config._attn_implementation}[option]
+    choices = implementation_choices(default.model)[option]
     if not choices:
-        report.add("experts_implementation", "-", "skipped: the model's experts have one implementation")
+        report.add(option, "-", "skipped: the model's experts have one implementation")
     base = None
     for name in choices:
-        budget = EXPERT_TOKEN_BUDGETS.get(name)
+        budget = KERNEL_TOKEN_BUDGETS.get(name)
         variant = name if budget is None else f"{name} ({budget} tokens per batch)"
         try:
             extra = {} if budget is None else {"max_tokens_per_batch": budget}
-            emb = embedder(plan, model, tokenizer, statistics, experts_implementation=name, **extra)
+            emb = embedder(plan, model, tokenizer, statistics, **{option: name}, **extra)
             emb.encode(sample[:8], show_progress_bar=False)  # warm-up (and a kernel that cannot run fails here)
             seconds = min(c.timed(lambda e=emb: e.encode(sample, show_progress_bar=False), plan.device)
                           for _ in range(max(1, plan.rounds - 1)))
             vectors = emb.encode(sample, show_progress_bar=False)
-        except ValueError as exc:  # not offered here (e.g. a Hopper kernel on another device)
-            report.add("experts_implementation", variant, f"skipped: {str(exc).splitlines()[0]}")
-            continue
-        except Exception as exc:  # a kernel that is offered but cannot run on this machine: say so, go on
-            report.add("experts_implementation", variant, f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        except Exception as exc:  # not offered on this device, or offered but unable to run here: say so, go on
+            report.add(option, variant, f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             continue
         finally:
             release()
         base = base or seconds
         ok, detail = close(plan, vectors, reference)
-        report.add("experts_implementation", variant, "ok" if ok else "FAIL", seconds=seconds, docs=len(sample),
-                   base=base, agreement=f"vs default: {detail}")
-    # back to transformers' own default for the checks that follow
-    embedder(plan, model, tokenizer, statistics, experts_implementation="grouped_mm" if "grouped_mm" in choices else None)
+        report.add(option, variant, "ok" if ok else "FAIL", seconds=seconds, docs=len(sample), base=base,
+                   agreement=f"vs default ({before}): {detail}")
+    if choices and before is not None:  # back to the default for what follows
+        embedder(plan, model, tokenizer, statistics, **{option: before})
 
 
 def check_oom(plan: Plan, report: Report, model: Any, tokenizer: Any, statistics: Any, texts: list[str],
@@ -448,7 +453,8 @@ def in_memory_checks(plan: Plan, report: Report) -> None:
     emb.calibrate(texts[:64], show_progress_bar=False)
     check_overhead(plan, report, emb, texts)
     check_overlap(plan, report, emb, texts)
-    check_experts(plan, report, model, tokenizer, emb.statistics, texts)
+    for option in ("experts_implementation", "attn_implementation"):
+        check_kernels(plan, report, model, tokenizer, emb.statistics, texts, option)
     check_oom(plan, report, model, tokenizer, emb.statistics, texts, emb.encode(texts, show_progress_bar=False))
 
 

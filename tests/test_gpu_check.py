@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 CHECKS = ("parity with the paper code", "overhead", "tokenisation overlap", "experts_implementation",
-          "out-of-memory split (forced)", "precision", "device_map", "moee serve")
+          "attn_implementation", "out-of-memory split (forced)", "precision", "device_map", "moee serve")
 
 
 def test_gpu_check_smoke_runs_on_cpu():
@@ -27,6 +27,7 @@ def test_gpu_check_smoke_runs_on_cpu():
     # the correctness rows that can run on a CPU ran and passed (rather than being skipped)
     for check, variant in [("parity with the paper code", "float32"), ("tokenisation overlap", "on: encode()"),
                            ("experts_implementation", "eager"), ("experts_implementation", "grouped_mm"),
+                           ("attn_implementation", "eager"), ("attn_implementation", "sdpa"),
                            ("out-of-memory split (forced)", "batches over"), ("moee serve", "server")]:
         assert any(line.split("|")[1].strip() == check and line.split("|")[2].strip().startswith(variant)
                    and line.split("|")[-2].strip() == "ok" for line in rows), (check, variant, rows)
