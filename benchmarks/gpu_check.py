@@ -23,7 +23,7 @@ Rows of the table (after float32 parity with the paper code on the reference fix
 Quantisation, ``device_map`` and the server load a saved checkpoint: on CUDA the OLMoE-1B-7B width at
 ``--checkpoint-layers`` (default 4) of its 16 layers, so that writing and loading it takes seconds. Status: ``ok`` /
 ``FAIL`` (a correctness check; any FAIL makes the exit status 1), ``met`` / ``NOT met`` (a speed target), or
-``skipped: why``. Only the package's public API is used.
+``skipped`` (the reason in the agreement column). Only the package's public API is used.
 """
 
 from __future__ import annotations
@@ -36,23 +36,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import _common as c  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _gpu_checkpoint import check_device_map, check_precision, check_serve, save_checkpoint  # noqa: E402
+from _gpu_common import HEADERS, SMOKE_SHAPE, Plan, Report, build, close, embedder, release  # noqa: E402
 
 from moee_plugins import MoEEmbedder  # noqa: E402
 from moee_plugins.core.loading import implementation_choices  # noqa: E402
@@ -60,88 +55,6 @@ from moee_plugins.core.pipeline import background_tokenisation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "olmoe-parity"
-SMOKE_SHAPE = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
-               "max_position_embeddings": 1024}
-HEADERS = ["check", "variant", "seconds", "docs/s", "time / base", "agreement", "status"]
-
-
-@dataclass
-class Plan:
-    device: torch.device
-    dtype: torch.dtype
-    shape: dict[str, Any]
-    docs: int
-    max_words: int
-    rounds: int
-    oom_rows: int
-    checkpoint_layers: int
-    smoke: bool
-
-
-class Report:
-    """The table's rows; a FAIL anywhere makes the exit status 1."""
-
-    def __init__(self) -> None:
-        self.rows: list[list[Any]] = []
-
-    def add(self, check: str, variant: str, status: str, *, seconds: float | None = None, docs: int | None = None,
-            base: float | None = None, agreement: str = "") -> None:
-        rate = docs / seconds if seconds and docs else None
-        ratio = seconds / base if seconds and base else None
-        if status.startswith("skipped: "):  # the reason goes where the agreement would
-            status, agreement = "skipped", status.removeprefix("skipped: ")
-        self.rows.append([check, variant, _num(seconds), _num(rate), _num(ratio), agreement[:110], status])
-        c.emit(f"  {check} / {variant}: {status} {agreement}".rstrip())
-
-    @property
-    def failed(self) -> list[list[Any]]:
-        return [row for row in self.rows if row[-1] == "FAIL"]
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:,.3f}" if value < 10 else f"{value:,.1f}"
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(max |a - b|, min cosine of matching rows)."""
-    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(np.abs(a - b).max()), float(cos.min())
-
-
-def close(plan: Plan, a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
-    """Same vectors up to the dtype's rounding: 1e-4 in float32, cosine >= 0.99 in 16-bit (batch shapes differ)."""
-    diff, cos = agreement(a, b)
-    ok = diff <= 1e-4 if plan.dtype == torch.float32 else cos >= 0.99
-    return ok, f"max|diff| {diff:.1e}, min cos {cos:.4f}"
-
-
-def release() -> None:
-    """Free what the caller dropped (GPU memory included) before the next model is loaded."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# --------------------------------------------------------------------------- model, corpus, embedders
-def build(plan: Plan, layers: int | None = None) -> tuple[Any, Any, list[str]]:
-    """A CausalLM with random weights in the plan's shape (``layers`` overrides the depth), its tokenizer, the corpus."""
-    from transformers import AutoModelForCausalLM, OlmoeConfig
-
-    shape = dict(plan.shape, **({"num_hidden_layers": layers} if layers else {}))
-    config = OlmoeConfig(**shape, pad_token_id=c.PAD_ID, bos_token_id=None, eos_token_id=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    with torch.device(plan.device):
-        model = AutoModelForCausalLM.from_config(config, dtype=plan.dtype).eval()
-    tokenizer = c.build_tokenizer(config.vocab_size)
-    spec = c.CorpusSpec(plan.docs, min(200.0, plan.max_words / 4), 0.7, 8, plan.max_words)
-    return model, tokenizer, c.make_corpus(spec, config.vocab_size, seed=0)
-
-
-def embedder(plan: Plan, model: Any, tokenizer: Any, statistics: Any = None, **options: Any) -> MoEEmbedder:
-    """Ours with the library's defaults (only ``max_length`` set, so every text is whole)."""
-    return MoEEmbedder(model, tokenizer, mode="sum", device=plan.device, max_length=plan.max_words + 64,
-                       statistics=statistics, **options)
 
 
 @contextlib.contextmanager
@@ -288,131 +201,6 @@ def check_oom(plan: Plan, report: Report, model: Any, tokenizer: Any, statistics
                seconds=seconds, docs=len(texts),
                agreement=f"{len(vectors)}/{len(texts)} rows, {sum('out of memory' in w for w in warnings)} split(s); "
                f"vs unsplit: {detail}")
-
-
-def save_checkpoint(plan: Plan, directory: Path) -> list[str]:
-    """A checkpoint on disk (the full width, ``checkpoint_layers`` deep on CUDA); returns the corpus."""
-    model, tokenizer, texts = build(plan, None if plan.smoke else plan.checkpoint_layers)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    del model
-    release()
-    return texts
-
-
-def check_precision(plan: Plan, report: Report, ckpt: Path, texts: list[str]) -> tuple[np.ndarray, Any]:
-    """bf16 (float32 on a CPU) from the saved checkpoint; then 4-bit and 8-bit where bitsandbytes runs."""
-    full = MoEEmbedder(str(ckpt), device=plan.device, max_length=plan.max_words + 64)
-    full.encode(texts[:8], show_progress_bar=False)
-    seconds = c.timed(lambda: full.encode(texts, show_progress_bar=False), plan.device)
-    vectors = full.encode(texts, show_progress_bar=False)
-    statistics = full.statistics
-    report.add("precision", f"{str(full.dtype).removeprefix('torch.')} (checkpoint)", "base", seconds=seconds,
-               docs=len(texts), base=seconds)
-    for kind in ("4bit", "8bit"):
-        if plan.device.type != "cuda":
-            report.add("precision", kind, "skipped: bitsandbytes quantisation needs CUDA")
-            continue
-        try:
-            emb = MoEEmbedder(str(ckpt), device=plan.device, quantization=kind, statistics=statistics,
-                              max_length=plan.max_words + 64)
-        except ImportError as exc:  # bitsandbytes not installed
-            report.add("precision", kind, f"skipped: {str(exc).splitlines()[0]}")
-            continue
-        except Exception as exc:  # installed but failing here: that is a finding
-            report.add("precision", kind, "FAIL", agreement=f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
-            continue
-        routers = {str(p.dtype).removeprefix("torch.") for site in emb.sites for p in site.module.parameters()}
-        emb.encode(texts[:8], show_progress_bar=False)
-        q_seconds = c.timed(lambda e=emb: e.encode(texts, show_progress_bar=False), plan.device)
-        _, cos = agreement(emb.encode(texts, show_progress_bar=False), vectors)
-        ok = routers <= {"bfloat16", "float32", "float16"} and cos > 0.9
-        report.add("precision", kind, "ok" if ok else "FAIL", seconds=q_seconds, docs=len(texts), base=seconds,
-                   agreement=f"routers {sorted(routers)}; min cos vs full {cos:.3f}")
-        del emb
-        release()
-    return vectors, statistics
-
-
-def check_device_map(plan: Plan, report: Report, ckpt: Path, texts: list[str], full: np.ndarray) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("accelerate") is None:
-        report.add("device_map", "auto", "skipped: accelerate is not installed")
-        return
-    try:
-        emb = MoEEmbedder(str(ckpt), device=plan.device, model_kwargs={"device_map": "auto"},
-                          max_length=plan.max_words + 64)
-    except Exception as exc:
-        report.add("device_map", "auto", "FAIL", agreement=f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
-        return
-    devices = sorted({str(p.device) for p in emb.model.parameters()})
-    seconds = c.timed(lambda: emb.encode(texts, show_progress_bar=False), plan.device)
-    ok, detail = close(plan, emb.encode(texts, show_progress_bar=False), full)
-    visible = torch.cuda.device_count() if plan.device.type == "cuda" else 0
-    report.add("device_map", f"auto over {visible} visible GPU(s)", "ok" if ok else "FAIL", seconds=seconds,
-               docs=len(texts), agreement=f"weights on {', '.join(devices)}; vs one device: {detail}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _post(url: str, texts: list[str]) -> list[list[float]]:
-    body = json.dumps({"model": "moee", "input": texts}).encode("utf-8")
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        data = json.loads(response.read())["data"]
-    return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
-
-
-def check_serve(plan: Plan, report: Report, ckpt: Path, texts: list[str], statistics: Any,
-                per_request: int = 16) -> None:
-    """``moee serve`` in its own process on the plan's device vs ``encode()`` here, both with the statistics of the
-    built-in sentences (the server calibrates on them as it starts; ``statistics`` are this process's)."""
-    port = _free_port()
-    argv = [sys.executable, "-c", "from moee_plugins.cli import main; raise SystemExit(main())", "serve",
-            "--model", str(ckpt), "--served-model-name", "moee", "--device", str(plan.device), "--port", str(port),
-            "--max-length", str(plan.max_words + 64), "--log-level", "warning"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                report.add("moee serve", "server process", "FAIL", agreement=server.stderr.read()[-200:])
-                return
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
-                                                                       timeout=5) as response:
-                if response.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                report.add("moee serve", "server process", "FAIL", agreement="not ready after 300 s")
-                return
-            time.sleep(0.5)  # polling a child process's readiness, not synchronising the check's results
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
-        groups = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
-        _post(url, groups[0])  # warm-up
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            served = np.asarray([v for group in pool.map(lambda g: _post(url, g), groups) for v in group],
-                                dtype=np.float32)
-        served_s = time.perf_counter() - start
-    finally:
-        server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=60)
-        if server.poll() is None:
-            server.kill()
-    local = MoEEmbedder(str(ckpt), device=plan.device, max_length=plan.max_words + 64, statistics=statistics)
-    local.encode(texts[:8], show_progress_bar=False)
-    local_s = c.timed(lambda: local.encode(texts, show_progress_bar=False), plan.device)
-    ok, detail = close(plan, served, local.encode(texts, show_progress_bar=False))
-    report.add("moee serve", "encode() in-process", "base", seconds=local_s, docs=len(texts), base=local_s)
-    report.add("moee serve", f"server, {len(groups)} requests of {per_request} from 8 clients", "ok" if ok else "FAIL",
-               seconds=served_s, docs=len(texts), base=local_s, agreement=detail)
 
 
 # --------------------------------------------------------------------------- main
