@@ -92,3 +92,12 @@ def test_cli_flags(tiny_model_dir, tmp_path, capsys, tiny_statistics):
                  "--device", "cpu", "--experts-implementation", "nope"]) == 2
     err = capsys.readouterr().err
     assert "experts_implementation='nope'" in err and "'batched_mm'" in err
+
+
+def test_a_received_config_cannot_ask_for_a_hub_kernel(tiny_model_dir, tiny_statistics, caplog):
+    """deepgemm / sonicmoe / flash attention may be downloaded and run: only the caller may ask for them."""
+    config = dict(_embedder(tiny_model_dir, tiny_statistics, attn_implementation="eager").config,
+                  experts_implementation="sonicmoe")
+    loaded = MoEEmbedder.from_config(config, device="cpu")
+    assert loaded.config["experts_implementation"] is None and loaded.config["attn_implementation"] == "eager"
+    assert "ignoring experts_implementation='sonicmoe'" in caplog.text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from .pooling import POOLINGS
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
 from .routers import ROUTING_KINDS
 
+logger = logging.getLogger(__name__)
+
 Kind = Literal["parts", "vectors", "runtime"]
 
 QUANTIZATIONS = ("4bit", "8bit")
@@ -41,6 +44,11 @@ _RESERVED_MODEL_KWARGS = {
     "dtype": "use the dtype option", "torch_dtype": "use the dtype option",
     "quantization_config": "use the quantization option", "config": "pass a loaded model instead",
 }
+
+
+# kernels computed by torch itself: the only ones a received config may ask for (others, such as deepgemm, sonicmoe or
+# flash attention without its package, are fetched from the Hugging Face Hub and run: the caller's choice alone)
+FILE_KERNELS = ("eager", "sdpa", "flex_attention", "batched_mm", "grouped_mm")
 
 
 class _Default:
@@ -322,6 +330,11 @@ def options_from_config(config: Mapping[str, Any], *, trust_remote_code: bool = 
         raise ValueError(f"unknown MoEEmbedder config keys: {unknown}; valid: {sorted(OPTIONS)}")
     out = {k: v for k, v in config.items() if k in OPTIONS and OPTIONS[k].from_file}
     out["trust_remote_code"] = _trust(trust_remote_code)
+    for name in ("experts_implementation", "attn_implementation"):
+        if out.get(name) is not None and out[name] not in FILE_KERNELS:
+            logger.warning("ignoring %s=%r in a config: kernels other than %s may be fetched from the Hugging Face Hub "
+                           "and run; pass %s=... yourself to use it", name, out[name], list(FILE_KERNELS), name)
+            out[name] = None
     return out
 
 
