@@ -41,6 +41,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
                        help="spread a model too large for one GPU over several: 'auto' (needs accelerate)")
     group.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                        help="load the model in 4 or 8 bits (CUDA, bitsandbytes); routers stay in full precision")
+    group.add_argument("--experts-implementation", default=None,
+                       help="expert kernels: eager, batched_mm, grouped_mm, ... (default: transformers' choice; "
+                       "checked against what the model offers)")
+    group.add_argument("--attn-implementation", default=None,
+                       help="attention kernels: eager, sdpa, flex_attention, ... (default: transformers' choice)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="run a checkpoint's own modelling code (e.g. moee:deepseek-moe)")
 
@@ -65,6 +70,8 @@ def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_length": args.max_length, "device": args.device,
         "dtype": args.dtype, "quantization": args.quantization, "trust_remote_code": args.trust_remote_code,
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
+        "experts_implementation": getattr(args, "experts_implementation", None),
+        "attn_implementation": getattr(args, "attn_implementation", None),
     }
     if getattr(args, "mode", None) is not None:
         kwargs["mode"] = args.mode

@@ -33,15 +33,17 @@ def check_arguments(model: Any, tokenizer: Any, statistics: Any) -> str:
 def load_model_and_tokenizer(model: Any, reference: Any, tokenizer: Any, *, name: str, device: torch.device,
                              dtype: torch.dtype, options: Mapping[str, Any]) -> tuple[Any, str, Any]:
     """(base model, its path or ``name``, tokenizer): loaded from ``reference`` (a resolved name) or taken as given."""
-    from .loading import base_model, load_model, load_tokenizer
+    from .loading import IMPLEMENTATION_OPTIONS, base_model, load_model, load_tokenizer, set_implementations
 
     trust = options["trust_remote_code"]
+    kernels = {k: options[k] for k in IMPLEMENTATION_OPTIONS}
     if reference is not None:
         loaded = load_model(reference, device=device, dtype=dtype, quantization=options["quantization"],
-                            trust_remote_code=trust, model_kwargs=options["model_kwargs"])
+                            trust_remote_code=trust, model_kwargs=options["model_kwargs"], implementations=kernels)
         path = reference.path
     else:
         loaded, path = base_model(model).eval(), name
+        set_implementations(loaded, kernels, device)
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer or path, trust)
     return loaded, path, tokenizer

@@ -51,7 +51,8 @@ class MoEEmbedder:
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
             ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
-            ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
+            ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``, ``experts_implementation``,
+            ``attn_implementation``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's; an option added to the table is accepted here
             by name (an unknown name is refused, listing the valid ones). ``max_tokens_per_batch="auto"`` (default):
             the padded-token budget chosen for the device (:mod:`moee_plugins.core.pipeline`; 2,048 on a CPU).

@@ -187,6 +187,77 @@ def quantization_config(kind: str, config: Any, trust_remote_code: bool, compute
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
 
 
+# ------------------------------------------------------------------ kernels (experts / attention implementations)
+IMPLEMENTATION_OPTIONS = ("experts_implementation", "attn_implementation")
+_CUDA_ONLY_EXPERTS = ("deepgemm", "sonicmoe")  # Hopper kernels fetched through the `kernels` package
+
+
+def implementation_choices(model: Any) -> dict[str, tuple[str, ...]]:
+    """The experts and attention implementations transformers offers for ``model`` (a model class or instance):
+    its registered kernels, filtered by what the model's code declares it supports."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    can_set = getattr(model, "_can_set_experts_implementation", None)
+    experts = ("eager", *sorted(ALL_EXPERTS_FUNCTIONS.keys())) if callable(can_set) and can_set() else ()
+    supports = {"sdpa": "_supports_sdpa", "flex_attention": "_supports_flex_attn", "flash_attention": "_supports_flash_attn"}
+    attention = ["eager"]
+    for key in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        flag = next((f for prefix, f in supports.items() if key.startswith(prefix)), None)
+        if flag is not None and getattr(model, flag, False):
+            attention.append(key)
+    return {"experts_implementation": experts, "attn_implementation": tuple(sorted(set(attention)))}
+
+
+def check_implementations(model: Any, requested: dict[str, str | None], device: torch.device) -> dict[str, str]:
+    """The requested implementations that are set (None means transformers' default), each checked against what
+    ``model`` offers; a wrong one is refused with the choices listed."""
+    chosen = {name: value for name, value in requested.items() if value is not None}
+    if not chosen:
+        return {}
+    choices = implementation_choices(model)
+    name_of = getattr(model, "__name__", None) or type(model).__name__
+    for name, value in chosen.items():
+        offered = choices[name]
+        if not offered:
+            raise ValueError(f"{name}={value!r}: {name_of} has one experts implementation (its modelling code does not "
+                             "use transformers' experts interface); leave experts_implementation unset")
+        if value not in offered:
+            raise ValueError(f"{name}={value!r} is not offered for {name_of}; choose one of {list(offered)} "
+                             f"(or None for transformers' default)")
+        if name == "experts_implementation" and value in _CUDA_ONLY_EXPERTS and device.type != "cuda":
+            raise ValueError(f"experts_implementation={value!r} runs only on a CUDA GPU (Hopper or newer, with the "
+                             f"'kernels' package); on {device.type} choose one of "
+                             f"{[c for c in offered if c not in _CUDA_ONLY_EXPERTS]}")
+    return chosen
+
+
+def _model_class(config: Any) -> Any:
+    """The class :func:`load_model` will build for ``config`` (None for remote code: transformers checks it then)."""
+    auto = auto_class_for(config)
+    return auto._model_mapping.get(type(config), None)
+
+
+def set_implementations(model: Any, requested: dict[str, str | None], device: torch.device) -> None:
+    """Switch an already loaded model to the requested kernels with transformers' own setters (None: leave it)."""
+    chosen = check_implementations(model, requested, device)
+    setters = {"experts_implementation": "set_experts_implementation", "attn_implementation": "set_attn_implementation"}
+    for name, value in chosen.items():
+        try:
+            getattr(model, setters[name])(value)
+        except (ValueError, ImportError, RuntimeError, AttributeError) as exc:
+            raise ValueError(f"{name}={value!r} cannot be used with this model here: {_first_line(exc)}") from None
+        if _current_implementation(model, name) != value:  # transformers only warns when a class cannot switch
+            raise ValueError(f"{name}={value!r}: {type(model).__name__} cannot switch kernels once loaded; load it "
+                             f"by name or directory with {name}={value!r} instead")
+
+
+def _current_implementation(model: Any, name: str) -> str | None:
+    if name == "experts_implementation":
+        return model.get_experts_implementation().get("")
+    return getattr(model.config, "_attn_implementation", None)
+
+
 def _remote_code_error(ref: ModelReference) -> ValueError:
     return ValueError(
         f"{ref.original} ({ref.path}) ships its own modelling code, which runs on your machine. "
@@ -202,8 +273,10 @@ def load_model(
     quantization: str | None,
     trust_remote_code: bool,
     model_kwargs: dict[str, Any],
+    implementations: dict[str, str | None] | None = None,
 ) -> Any:
-    """The base model (``AutoModel``) in eval mode, on ``device`` unless a ``device_map`` places it."""
+    """The base model (``AutoModel``) in eval mode, on ``device`` unless a ``device_map`` places it;
+    ``implementations`` (experts / attention kernels, None: transformers' default) go to ``from_pretrained``."""
     from transformers import AutoConfig
 
     if ref.alias is not None and ref.alias.requires_remote_code and not trust_remote_code:
@@ -229,6 +302,15 @@ def load_model(
                                  "(is it a saved model?)") from None
         raise not_found_error(ref.path, ref.describe(), exc, maybe_local=ref.alias is None) from None
     check_decoder(config)
+    model_class = _model_class(config)
+    requested = dict(implementations or {})
+    chosen = check_implementations(model_class, requested, device) if model_class is not None else \
+        {k: v for k, v in requested.items() if v is not None}
+    for name, value in chosen.items():
+        if kwargs.get(name, value) != value:
+            raise ValueError(f"{name} is given twice with different values ({value!r} and model_kwargs' "
+                             f"{kwargs[name]!r}); give it once, as the {name} option")
+        kwargs[name] = value
     if quantization is not None:
         kwargs["quantization_config"] = quantization_config(quantization, config, trust_remote_code, dtype)
         kwargs.setdefault("device_map", {"": device.index or 0} if device.type == "cuda" else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from .pipeline import AUTO, DEFAULT_ROW_CAP
 from .pooling import POOLINGS
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
 from .routers import ROUTING_KINDS
+
+logger = logging.getLogger(__name__)
 
 Kind = Literal["parts", "vectors", "runtime"]
 
@@ -44,7 +47,7 @@ _RESERVED_MODEL_KWARGS = {
 
 # the from_pretrained arguments a config from a FILE may set (docs/security.md), each with its value check:
 # none of them can run code, read another file or place the model elsewhere
-_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_ATTENTION = ("eager", "sdpa", "flex_attention")  # flash attention may fetch a kernel from the Hub
 _EXPERTS = ("eager", "batched_mm", "grouped_mm")
 FILE_MODEL_KWARGS: dict[str, Callable[[Any], bool]] = {
     "revision": lambda v: isinstance(v, str) and 0 < len(v) <= 200 and ".." not in v,
@@ -52,6 +55,11 @@ FILE_MODEL_KWARGS: dict[str, Callable[[Any], bool]] = {
     "experts_implementation": lambda v: v in _EXPERTS,
     "low_cpu_mem_usage": lambda v: isinstance(v, bool),
 }
+
+
+# kernels computed by torch itself: the only ones a received config may ask for (others, such as deepgemm, sonicmoe or
+# flash attention without its package, are fetched from the Hugging Face Hub and run: the caller's choice alone)
+FILE_KERNELS = ("eager", "sdpa", "flex_attention", "batched_mm", "grouped_mm")
 
 
 class _Default:
@@ -176,6 +184,18 @@ def _tokenizer(value: Any) -> str | None:
     return value
 
 
+def _implementation(name: str) -> Callable[[Any], str | None]:
+    """The check of a kernel choice: None (transformers' own default) or a name; whether the loaded model offers
+    that name is checked when it is loaded (:func:`moee_plugins.core.loading.check_implementations`)."""
+
+    def check(value: Any) -> str | None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{name} must be None (transformers' default) or a name such as 'eager', got {value!r}")
+        return value.strip() if isinstance(value, str) else None
+
+    return check
+
+
 def _model_kwargs(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -225,6 +245,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("trust_remote_code", False, "runtime", _trust, "run a checkpoint's own code (the caller's choice only)",
            from_alias=False, from_file=False),
     Option("model_kwargs", None, "parts", _model_kwargs, "extra from_pretrained arguments"),
+    # kernels compute the same function: vectors agree within 1e-4 (tests/test_kernel_options.py), so not identity
+    Option("experts_implementation", None, "runtime", _implementation("experts_implementation"),
+           "expert kernels: eager, batched_mm, grouped_mm, ... (None: transformers' default)"),
+    Option("attn_implementation", None, "runtime", _implementation("attn_implementation"),
+           "attention kernels: eager, sdpa, flex_attention, ... (None: transformers' default)"),
 )}
 """Every option, in config order."""
 
@@ -340,6 +365,11 @@ def options_from_config(config: Mapping[str, Any], *, trust_remote_code: bool = 
     if "model_kwargs" in out:
         out["model_kwargs"] = file_model_kwargs(out["model_kwargs"])
     out["trust_remote_code"] = _trust(trust_remote_code)
+    for name in ("experts_implementation", "attn_implementation"):
+        if out.get(name) is not None and out[name] not in FILE_KERNELS:
+            logger.warning("ignoring %s=%r in a config: kernels other than %s may be fetched from the Hugging Face Hub "
+                           "and run; pass %s=... yourself to use it", name, out[name], list(FILE_KERNELS), name)
+            out[name] = None
     return out
 
 
