@@ -19,6 +19,7 @@ import torch
 from . import options as opts
 from .aliases import ModelAlias
 from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
+from .chunking import encode_chunked
 from .combine import MODES, Standardizer, combine, combine_tensors, finite_rows, similarity, standardizer
 from .loading import (
     base_model,
@@ -123,6 +124,7 @@ class MoEEmbedder:
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
             ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
+            ``long_texts`` (``"truncate"``, or ``"chunk"``: windows of ``max_length`` tokens, ``chunk_overlap`` apart),
             ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's.
             ``max_tokens_per_batch="auto"`` (default) picks the padded-token budget for the device: on a CPU a
@@ -151,6 +153,8 @@ class MoEEmbedder:
         dtype: str | torch.dtype = DEFAULT,
         quantization: str | None = DEFAULT,
         max_length: int = DEFAULT,
+        long_texts: str = DEFAULT,
+        chunk_overlap: int = DEFAULT,
         batch_size: int = DEFAULT,
         max_tokens_per_batch: int | None = DEFAULT,
         trust_remote_code: bool = False,
@@ -160,7 +164,8 @@ class MoEEmbedder:
     ) -> None:
         given = {"mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
                  "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
-                 "quantization": quantization, "max_length": max_length, "batch_size": batch_size,
+                 "quantization": quantization, "max_length": max_length, "long_texts": long_texts,
+                 "chunk_overlap": chunk_overlap, "batch_size": batch_size,
                  "max_tokens_per_batch": max_tokens_per_batch, "trust_remote_code": trust_remote_code,
                  "model_kwargs": model_kwargs}
         alias: ModelAlias | None = None
@@ -223,7 +228,8 @@ class MoEEmbedder:
 
     def _apply_options(self, values: dict[str, Any]) -> None:
         for name in ("mode", "pooling", "routing", "alpha", "layers", "standardize", "normalize", "quantization",
-                     "max_length", "batch_size", "max_tokens_per_batch", "trust_remote_code", "model_kwargs"):
+                     "max_length", "long_texts", "chunk_overlap", "batch_size", "max_tokens_per_batch",
+                     "trust_remote_code", "model_kwargs"):
             setattr(self, name, values[name])
         self.prompt = resolve_prompt(values["prompt"])
         self._dtype_arg = values["dtype"]
@@ -306,6 +312,8 @@ class MoEEmbedder:
         """
         items, _ = check_texts(texts)
         template = self.prompt_for(prompt)
+        if self.long_texts == "chunk":  # windows of long texts, their raw parts pooled per text (core/chunking.py)
+            return encode_chunked(self, items, template, self._batch_size(batch_size), show_progress_bar, progress)
 
         def tokenize_span(span: tuple[int, int]) -> tuple[int, list[list[int]]]:
             return span[0], tokenize(self.tokenizer, template, items[span[0] : span[1]], self.max_length)
