@@ -30,6 +30,7 @@ from sentence_transformers.base.modules import InputModule  # noqa: E402
 
 from ._st_hook import REQUESTED_DEVICE, hook_installed, install_hook, module_for, split_model_kwargs, uninstall_hook  # noqa: E402
 from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
+from .core.chunking import chunked_features  # noqa: E402
 from .core.embedder import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
 __all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "hook_installed", "install_hook", "load",
@@ -109,6 +110,8 @@ class MoEEModule(InputModule):
         """Token ids exactly as the core builds them, padded as :meth:`MoEEmbedder.encode_features` expects."""
         texts, _ = check_texts(list(inputs))
         input_ids, attention_mask = self.embedder.pad(self.embedder.tokenize(texts, prompt=prompt))
+        if self.embedder.long_texts == "chunk":  # the core splits and pools long texts itself (core/chunking.py)
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "moee_texts": texts, "moee_prompt": prompt}
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -119,7 +122,10 @@ class MoEEModule(InputModule):
         """
         compact = self._check_truncate_dim()
         self.embedder.ensure_statistics()
-        pooled = self.embedder.encode_features(features["input_ids"], features["attention_mask"])
+        if "moee_texts" in features:
+            pooled = chunked_features(self.embedder, features["moee_texts"], features.get("moee_prompt"))
+        else:
+            pooled = self.embedder.encode_features(features["input_ids"], features["attention_mask"])
         output = _Features(features)
         output["sentence_embedding"] = self.embedder.combine_features(pooled, dimensions=compact).to(
             features["input_ids"].device)

@@ -142,3 +142,24 @@ def test_options_are_part_of_the_identity_and_checked(embedders, tiny_embedder):
                            statistics=tiny_embedder.statistics)
     with pytest.raises(ValueError, match="chunk_overlap=48 must be smaller"):
         too_much.encode(long_text("hockey"))
+
+
+def test_adapters_pass_long_texts_through(embedders, tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from moee_plugins.langchain import MoEEmbeddings
+    from moee_plugins.llama_index import MoEEmbedding
+    from moee_plugins.sentence_transformers import MoEEModule
+
+    _, chunk = embedders
+    texts = [long_text("hockey"), "moon", long_text("printers", 6)]
+    expected = chunk.encode(texts)
+    module = MoEEModule(chunk)
+    st_model = SentenceTransformer(modules=[module], similarity_fn_name=module.similarity_fn_name, device="cpu")
+    assert np.abs(st_model.encode(texts, batch_size=2) - expected).max() < 1e-4
+    options = {"device": "cpu", "prompt": TEMPLATE, "max_length": MAX_LENGTH, "long_texts": "chunk",
+               "chunk_overlap": 6, "statistics": chunk.statistics}
+    langchain = MoEEmbeddings(model=str(tiny_model_dir), model_kwargs=options)
+    assert np.abs(np.array(langchain.embed_documents(texts)) - expected).max() < 1e-4
+    llama = MoEEmbedding(str(tiny_model_dir), model_kwargs=options)
+    assert np.abs(np.array(llama.get_text_embedding_batch(texts)) - expected).max() < 1e-4

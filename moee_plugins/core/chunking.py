@@ -183,3 +183,14 @@ def encode_chunked(embedder: MoEEmbedder, items: list[str], template: PromptTemp
                         run()
             run()
     return MoEEParts(hidden, routing, lengths, list(embedder.layout))
+
+
+def chunked_features(embedder: MoEEmbedder, texts: list[str], prompt: Any = None) -> Any:
+    """[HS | RW] raw and pooled per text under ``long_texts="chunk"``, as a float32 tensor on the model's input
+    device: what :meth:`MoEEmbedder.encode_features` gives for padded rows, for a framework whose batch holds
+    texts that may each need several windows (sentence-transformers)."""
+    import torch
+
+    parts = embedder.encode_parts(texts, prompt=prompt, show_progress_bar=False)
+    both = np.concatenate([parts.hidden, parts.routing], axis=1)
+    return torch.from_numpy(both).to(embedder.device)
