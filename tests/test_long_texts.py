@@ -163,3 +163,17 @@ def test_adapters_pass_long_texts_through(embedders, tiny_model_dir):
     assert np.abs(np.array(langchain.embed_documents(texts)) - expected).max() < 1e-4
     llama = MoEEmbedding(str(tiny_model_dir), model_kwargs=options)
     assert np.abs(np.array(llama.get_text_embedding_batch(texts)) - expected).max() < 1e-4
+
+
+def test_moee_embed_long_texts_chunk(embedders, tmp_path):
+    from moee_plugins.cli import main
+
+    _, chunk = embedders
+    texts = [long_text("hockey"), "moon", long_text("printers", 6)]
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "vectors.npy"
+    assert main(["embed", str(corpus), "-o", str(out), "--model", str(chunk.model_path), "--mode", "hs", "-q",
+                 "--device", "cpu", "--prompt", TEMPLATE, "--max-length", str(MAX_LENGTH), "--long-texts", "chunk",
+                 "--chunk-overlap", "6"]) == 0
+    np.testing.assert_allclose(np.load(out), chunk.encode(texts, mode="hs"), atol=1e-4)

@@ -142,6 +142,7 @@ class _Pooled:
 def encode_chunked(embedder: MoEEmbedder, items: list[str], template: PromptTemplate, batch_size: int,
                    show_progress_bar: bool | None, progress: Any = None) -> MoEEParts:
     """The raw parts of ``items`` under ``long_texts="chunk"``: row i pools the windows of text i."""
+    window_room(embedder.tokenizer, template, embedder.max_length, embedder.chunk_overlap)  # a bad setting fails first
     n = len(items)
     hidden = np.empty((n, embedder.hidden_dim), dtype=np.float32)
     routing = np.empty((n, embedder.routing_dim), dtype=np.float32)
@@ -194,3 +195,10 @@ def chunked_features(embedder: MoEEmbedder, texts: list[str], prompt: Any = None
     parts = embedder.encode_parts(texts, prompt=prompt, show_progress_bar=False)
     both = np.concatenate([parts.hidden, parts.routing], axis=1)
     return torch.from_numpy(both).to(embedder.device)
+
+
+def encode_request(embedder: MoEEmbedder, texts: list[str], dimensions: int | None) -> tuple[np.ndarray, int]:
+    """(vectors, tokens used) of one server request under ``long_texts="chunk"``: its windows are planned and
+    pooled by the core here, not merged with other requests' rows (a text's windows must meet again)."""
+    parts = embedder.encode_parts(texts, show_progress_bar=False)
+    return embedder.combine(parts, dimensions=dimensions), int(parts.num_tokens.sum())
