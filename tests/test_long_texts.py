@@ -177,3 +177,17 @@ def test_moee_embed_long_texts_chunk(embedders, tmp_path):
                  "--device", "cpu", "--prompt", TEMPLATE, "--max-length", str(MAX_LENGTH), "--long-texts", "chunk",
                  "--chunk-overlap", "6"]) == 0
     np.testing.assert_allclose(np.load(out), chunk.encode(texts, mode="hs"), atol=1e-4)
+
+
+def test_long_documents_example_runs_offline(tiny_model_dir, monkeypatch, small_builtin_calibration, capsys):
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "long_documents.py"
+    monkeypatch.setenv("MOEE_EXAMPLE_MODEL", str(tiny_model_dir))  # the environment switch to the tiny model
+    results = runpy.run_path(str(example))["main"](["--device", "cpu", "--max-length", "128", "--overlap", "8"])
+    assert results["truncate"]["tokens"] == 128
+    assert results["chunk"]["tokens"] > 10 * 128  # the whole report was read
+    assert results["difference"]["l2"] > 0.1
+    out = capsys.readouterr().out
+    assert "long document:" in out and out.count("ranks") == 2
