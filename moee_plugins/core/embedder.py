@@ -21,6 +21,7 @@ from .aliases import ModelAlias
 from .batching import plan_batches, position_ids_from_mask, right_pad, tokenize
 from .chunking import encode_chunked
 from .combine import MODES, Standardizer, combine, combine_tensors, finite_rows, similarity, standardizer
+from .layers import HiddenLayerCapture, resolve_hidden_layer
 from .loading import (
     base_model,
     input_device,
@@ -40,7 +41,6 @@ from .pipeline import (
     prefetched,
     resolve_token_budget,
 )
-from .pooling import pool
 from .prompts import PromptTemplate, instruction_template, resolve_prompt
 from .reduction import Reduction, check_dimensions
 from .routers import RoutingCapture, find_router_sites, select_sites, sized_from_logits
@@ -123,7 +123,7 @@ class MoEEmbedder:
         trust_remote_code: run a checkpoint's own modelling code (off unless you ask; never read from a file).
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
-            ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
+            ``alpha``, ``layers``, ``hidden_layer``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
             ``long_texts`` (``"truncate"``, or ``"chunk"``: windows of ``max_length`` tokens, ``chunk_overlap`` apart),
             ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's.
@@ -147,6 +147,7 @@ class MoEEmbedder:
         routing: str | None = DEFAULT,
         alpha: float = DEFAULT,
         layers: Sequence[int] | None = DEFAULT,
+        hidden_layer: int = DEFAULT,
         standardize: str | None = DEFAULT,
         normalize: bool = DEFAULT,
         device: str | torch.device | None = None,
@@ -163,7 +164,8 @@ class MoEEmbedder:
         reduction: Reduction | dict[str, Any] | None = None,
     ) -> None:
         given = {"mode": mode, "prompt": prompt, "pooling": pooling, "routing": DEFAULT if routing is None else routing,
-                 "alpha": alpha, "layers": layers, "standardize": standardize, "normalize": normalize, "dtype": dtype,
+                 "alpha": alpha, "layers": layers, "hidden_layer": hidden_layer, "standardize": standardize,
+                 "normalize": normalize, "dtype": dtype,
                  "quantization": quantization, "max_length": max_length, "long_texts": long_texts,
                  "chunk_overlap": chunk_overlap, "batch_size": batch_size,
                  "max_tokens_per_batch": max_tokens_per_batch, "trust_remote_code": trust_remote_code,
@@ -227,7 +229,7 @@ class MoEEmbedder:
         return cls(model, **options)
 
     def _apply_options(self, values: dict[str, Any]) -> None:
-        for name in ("mode", "pooling", "routing", "alpha", "layers", "standardize", "normalize", "quantization",
+        for name in ("mode", "pooling", "routing", "alpha", "layers", "hidden_layer", "standardize", "normalize", "quantization",
                      "max_length", "long_texts", "chunk_overlap", "batch_size", "max_tokens_per_batch",
                      "trust_remote_code", "model_kwargs"):
             setattr(self, name, values[name])
@@ -238,6 +240,7 @@ class MoEEmbedder:
         """Everything derived from the loaded model (router sites hold closures: rebuilt after unpickling)."""
         self.sites = sized_from_logits(self.model, select_sites(find_router_sites(self.model), self.layers))
         self.layout = self._layout()
+        self._hidden_capture = HiddenLayerCapture(self.model, [resolve_hidden_layer(self.model, self.hidden_layer)])
         self.hidden_dim = int(self.model.config.hidden_size)
         self.routing_dim = self.layout[-1].stop
         self._input_device = input_device(self.model, self.device)
@@ -725,10 +728,11 @@ class MoEEmbedder:
         input_ids = input_ids.to(self._input_device)
         attention_mask = attention_mask.to(self._input_device)
         capture.start_batch(attention_mask)
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-        last_hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        pooled_hidden = pool(last_hidden, attention_mask.to(last_hidden.device), self.pooling)
+        with self._hidden_capture.attached():  # hidden_layer: a hook on that decoder layer (core/layers.py)
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            last_hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+            pooled_hidden = self._hidden_capture.pooled(last_hidden, attention_mask, self.pooling)[0]
         pooled_routing = capture.collect(pooled_hidden.device)
         return torch.cat([pooled_hidden, pooled_routing], dim=1)
 

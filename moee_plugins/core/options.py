@@ -25,6 +25,7 @@ import torch
 
 from .chunking import LONG_TEXTS
 from .combine import MODES
+from .layers import check_hidden_layer
 from .pipeline import AUTO, DEFAULT_ROW_CAP
 from .pooling import POOLINGS
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
@@ -203,6 +204,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("routing", "logits", "parts", _choice("routing", ROUTING_KINDS), "logits or probs"),
     Option("alpha", 1.0, "vectors", check_alpha, "weight of cos(RW) in sum mode, 0..1e6"),
     Option("layers", None, "parts", _layers, "decoder layers whose routers to use (None: all)"),
+    Option("hidden_layer", -1, "parts", check_hidden_layer,
+           "decoder layer whose hidden state is HS: -1 (the last, after the final norm), else that layer's raw output"),
     Option("standardize", "auto", "vectors", _standardize, "'auto' (fixed statistics) or None"),
     Option("normalize", True, "vectors", _normalize, "L2-normalise hs/rw/concat vectors"),
     Option("dtype", "auto", "parts", _dtype, "auto, float32, bfloat16 or float16"),
