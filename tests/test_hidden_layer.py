@@ -62,3 +62,24 @@ def test_hidden_layer_is_part_of_the_identity_and_checked(tiny_embedder):
     before = hooks()
     other.encode_parts(TEXTS)
     assert hooks() == before  # the hook lives only during a forward pass
+
+
+def test_several_layers_come_from_one_forward_pass_per_text(tiny_embedder):
+    from moee_plugins.core.layers import encode_layers
+
+    embedder = sibling(tiny_embedder, batch_size=2)
+    rows: list[int] = []
+    handle = embedder.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        by_layer, passes = encode_layers(embedder, TEXTS, [-1, 0, -2])
+    finally:
+        handle.remove()
+    assert passes == len(rows) == 2 and sum(rows) == len(TEXTS)  # each text through the model once
+    for layer, parts in by_layer.items():
+        alone = sibling(tiny_embedder, hidden_layer=layer).encode_parts(TEXTS)
+        np.testing.assert_allclose(parts.hidden, alone.hidden, atol=1e-4)
+        np.testing.assert_allclose(parts.routing, alone.routing, atol=1e-4)
+        np.testing.assert_array_equal(parts.num_tokens, alone.num_tokens)
+    with pytest.raises(ValueError, match="the same decoder layer twice"):
+        encode_layers(embedder, TEXTS, [-1, 2])

@@ -98,3 +98,92 @@ class HiddenLayerCapture:
             out.append(pool(values, attention_mask.to(values.device), pooling))
         self._states = {}
         return out
+
+
+class LayerStatesCapture:
+    """Pools the output state of several decoder layers for every forward pass of a model, in pass order
+    (a pre-hook on the model reads each pass's attention mask), so one pass serves several ``hidden_layer``s.
+    A pass that fails (e.g. out of memory, then retried in halves) leaves nothing behind."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int], pooling: str) -> None:
+        self.model, self.layers, self.pooling = model, list(layers), pooling
+        self.rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self.passes = 0
+        self._mask: torch.Tensor | None = None
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def _before(self, _module: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        self._mask = kwargs.get("attention_mask")
+        self._pending = {}
+
+    def _after(self, _module: nn.Module, _args: Any, _output: Any) -> None:
+        for layer, rows in self._pending.items():
+            self.rows[layer].append(rows)
+        self._pending = {}
+        self.passes += 1
+
+    def _hook(self, layer: int) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if self._mask is None:
+                raise RuntimeError("a decoder layer ran without the model's attention mask (MoEE always passes one)")
+            state = output[0] if isinstance(output, (tuple, list)) else output
+            self._pending[layer] = pool(state, self._mask.to(state.device), self.pooling).cpu()
+
+        return hook
+
+    @contextmanager
+    def attached(self) -> Iterator[LayerStatesCapture]:
+        modules = decoder_layers(self.model)
+        handles = [self.model.register_forward_pre_hook(self._before, with_kwargs=True),
+                   self.model.register_forward_hook(self._after)]
+        handles += [modules[layer].register_forward_hook(self._hook(layer)) for layer in self.layers]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._mask = None
+
+    def take(self) -> dict[int, np.ndarray]:
+        """Every layer's pooled rows since the last call, (rows, hidden) float32 in pass order."""
+        out = {layer: torch.cat(rows).numpy() if rows else np.empty((0, 0), np.float32)
+               for layer, rows in self.rows.items()}
+        self.rows = {layer: [] for layer in self.layers}
+        return out
+
+
+def encode_layers(embedder: Any, texts: Sequence[str], hidden_layers: Sequence[int], *, prompt: Any = None
+                  ) -> tuple[dict[int, Any], int]:
+    """``({hidden_layer: MoEEParts}, forward passes)`` of ``texts``: the parts each ``hidden_layer`` would give,
+    all from ONE forward pass per text. ``embedder`` must read the last layer (``hidden_layer=-1``); its
+    routing, token counts and batches (the same token-budget plan) serve every layer."""
+    from .batching import plan_batches
+    from .parts import MoEEParts
+    from .pipeline import AUTO, auto_batch_cost, resolve_token_budget
+
+    if resolve_hidden_layer(embedder.model, embedder.hidden_layer) is not None:
+        raise ValueError("encode_layers needs an embedder of the last layer (hidden_layer=-1)")
+    resolved = {layer: resolve_hidden_layer(embedder.model, layer) for layer in hidden_layers}
+    if len(set(resolved.values())) != len(resolved):
+        raise ValueError(f"hidden layers {list(hidden_layers)} name the same decoder layer twice")
+    if getattr(embedder, "long_texts", "truncate") != "truncate":
+        raise ValueError("several hidden layers from one pass need long_texts='truncate' (one row per text)")
+    ids = embedder.tokenize(list(texts), prompt=prompt)
+    budget = resolve_token_budget(embedder.max_tokens_per_batch, embedder.model, embedder.device, embedder.dtype)
+    cost = auto_batch_cost(budget) if embedder.max_tokens_per_batch == AUTO else None
+    batches = plan_batches([len(row) for row in ids], embedder.batch_size, budget, batch_cost=cost) if ids else []
+    n = len(ids)
+    hidden = {layer: np.empty((n, embedder.hidden_dim), np.float32) for layer in hidden_layers}
+    routing = np.empty((n, embedder.routing_dim), np.float32)
+    num_tokens = np.zeros(n, np.int64)
+    capture = LayerStatesCapture(embedder.model, sorted({i for i in resolved.values() if i is not None}),
+                                 embedder.pooling)
+    with capture.attached():
+        for batch in batches:
+            parts = embedder.encode_batch([ids[i] for i in batch])
+            states = capture.take()
+            routing[batch], num_tokens[batch] = parts.routing, parts.num_tokens
+            for layer, index in resolved.items():
+                hidden[layer][batch] = parts.hidden if index is None else states[index]
+    out = {layer: MoEEParts(hidden[layer], routing, num_tokens, list(embedder.layout)) for layer in hidden_layers}
+    return out, capture.passes
