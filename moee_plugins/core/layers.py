@@ -33,7 +33,9 @@ def check_hidden_layer(value: Any) -> int:
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's decoder layers: the ``ModuleList`` as long as ``config.num_hidden_layers`` (the first one
     found in module order, i.e. the language model's, not a vision tower's)."""
-    count = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
+    config = getattr(model, "config", None)
+    count = int(getattr(config, "num_hidden_layers", 0) or getattr(getattr(config, "text_config", None),
+                                                                    "num_hidden_layers", 0) or 0)
     lists = [m for _, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     for modules in lists:
         if len(modules) == count:
