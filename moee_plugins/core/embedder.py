@@ -123,8 +123,9 @@ class MoEEmbedder:
         trust_remote_code: run a checkpoint's own modelling code (off unless you ask; never read from a file).
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
-            ``alpha``, ``layers``, ``hidden_layer``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
-            ``long_texts`` (``"truncate"``, or ``"chunk"``: windows of ``max_length`` tokens, ``chunk_overlap`` apart),
+            ``alpha``, ``layers``, ``hidden_layer``, ``standardize``, ``normalize``, ``dtype``, ``quantization``,
+            ``max_length``, ``long_texts`` (``"truncate"``, or ``"chunk"``: windows of ``max_length`` tokens,
+            ``chunk_overlap`` apart),
             ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's.
             ``max_tokens_per_batch="auto"`` (default) picks the padded-token budget for the device: on a CPU a
@@ -229,8 +230,8 @@ class MoEEmbedder:
         return cls(model, **options)
 
     def _apply_options(self, values: dict[str, Any]) -> None:
-        for name in ("mode", "pooling", "routing", "alpha", "layers", "hidden_layer", "standardize", "normalize", "quantization",
-                     "max_length", "long_texts", "chunk_overlap", "batch_size", "max_tokens_per_batch",
+        for name in ("mode", "pooling", "routing", "alpha", "layers", "hidden_layer", "standardize", "normalize",
+                     "quantization", "max_length", "long_texts", "chunk_overlap", "batch_size", "max_tokens_per_batch",
                      "trust_remote_code", "model_kwargs"):
             setattr(self, name, values[name])
         self.prompt = resolve_prompt(values["prompt"])

@@ -64,6 +64,7 @@ class HiddenLayerCapture:
         self.model = model
         self.layers = list(layers)
         self._states: dict[int, torch.Tensor] = {}
+        self._modules: nn.ModuleList | None = None
 
     def _hook(self, index: int) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -74,9 +75,10 @@ class HiddenLayerCapture:
     @contextmanager
     def attached(self) -> Iterator[HiddenLayerCapture]:
         """Hooks live only inside this block (the user's model is left untouched afterwards)."""
-        modules = decoder_layers(self.model)
-        handles = [modules[i].register_forward_hook(self._hook(i)) for i in sorted({i for i in self.layers
-                                                                                   if i is not None})]
+        wanted = sorted({i for i in self.layers if i is not None})
+        if wanted and self._modules is None:
+            self._modules = decoder_layers(self.model)  # found once: the default (last layer) never looks
+        handles = [self._modules[i].register_forward_hook(self._hook(i)) for i in wanted] if wanted else []
         try:
             yield self
         finally:
