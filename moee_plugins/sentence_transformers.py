@@ -37,6 +37,7 @@ from sentence_transformers.base.modules import InputModule  # noqa: E402
 from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
 from .core.aliases import PREFIX, strip_prefix  # noqa: E402
 from .core.batching import tokenize  # noqa: E402
+from .core.chunking import chunked_features  # noqa: E402
 from .core.persistence import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
 __all__ = ["CONFIG_FILE", "STATISTICS_FILE", "WEIGHTS_DIR", "MoEEModule", "MoEESentenceTransformer", "hook_installed",
@@ -127,6 +128,8 @@ class MoEEModule(InputModule):
         else:
             token_ids = tokenize(self.embedder.tokenizer, self.embedder.prompt_for(prompt), texts, max_length)
         input_ids, attention_mask = self.embedder.pad(token_ids)
+        if self.embedder.long_texts == "chunk":  # the core splits and pools long texts itself (core/chunking.py)
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "moee_texts": texts, "moee_prompt": prompt}
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -137,7 +140,10 @@ class MoEEModule(InputModule):
         """
         compact = self._check_truncate_dim()
         self.embedder.ensure_statistics()
-        pooled = self.embedder.encode_features(features["input_ids"], features["attention_mask"])
+        if "moee_texts" in features:
+            pooled = chunked_features(self.embedder, features["moee_texts"], features.get("moee_prompt"))
+        else:
+            pooled = self.embedder.encode_features(features["input_ids"], features["attention_mask"])
         output = _Features(features)
         output["sentence_embedding"] = self.embedder.combine_features(pooled, dimensions=compact).to(
             features["input_ids"].device)

@@ -108,3 +108,13 @@ def test_a_loaded_causal_lm_is_used_without_its_head(built):
     np.testing.assert_allclose(embedder.encode_parts([TEXT]).routing, from_path.encode_parts([TEXT]).routing, atol=1e-6)
     with pytest.raises(ValueError, match="needs its tokenizer"):
         MoEEmbedder(causal)
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_an_intermediate_hidden_layer_is_that_layers_output(built, model_type):
+    """``hidden_layer=0``: the hook on the first decoder layer reads what transformers reports as its output."""
+    embedder = MoEEmbedder(built(model_type), mode="hs", device="cpu", hidden_layer=0)
+    ids = torch.tensor([embedder.tokenize([TEXT])[0]])
+    with torch.inference_mode():
+        states = embedder.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    np.testing.assert_allclose(embedder.encode_parts([TEXT]).hidden[0], states[1][0, -1].float().numpy(), atol=1e-5)

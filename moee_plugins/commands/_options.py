@@ -28,6 +28,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
     group.add_argument("--routing", choices=ROUTING_KINDS, default=None,
                        help="router logits or the model's own expert probabilities (default: the alias's, else logits)")
     group.add_argument("--layers", default=None, help="comma-separated decoder layers whose routers to use (default: all)")
+    group.add_argument("--hidden-layer", type=int, default=-1,
+                       help="decoder layer whose hidden state is HS: -1 the last (after the final norm), negative "
+                       "counts from the end (default: %(default)s)")
     group.add_argument("--batch-size", type=int, default=None,
                        help="most documents per forward pass (default: the library's, 1024)")
     group.add_argument("--max-tokens-per-batch", type=int, default=None,
@@ -35,6 +38,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
     group.add_argument("--max-length", type=int, default=512,
                        help="tokens per document, prompt included; longer ones are cut inside the prompt "
                        "(default: %(default)s)")
+    group.add_argument("--long-texts", choices=("truncate", "chunk"), default="truncate",
+                       help="a document over --max-length: cut inside the prompt (truncate), or split into windows "
+                       "whose raw parts are pooled into its one vector (chunk) (default: %(default)s)")
+    group.add_argument("--chunk-overlap", type=int, default=0,
+                       help="tokens each window repeats from the previous one with --long-texts chunk (default: %(default)s)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA when present)")
     group.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
     group.add_argument("--device-map", default=None,
@@ -64,10 +72,11 @@ def embedder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
     kwargs: dict[str, Any] = {
-        "prompt": args.prompt, "routing": args.routing, "layers": layers,
+        "prompt": args.prompt, "routing": args.routing, "layers": layers, "hidden_layer": args.hidden_layer,
         "batch_size": args.batch_size or DEFAULT_ROW_CAP,
         "max_tokens_per_batch": AUTO if args.max_tokens_per_batch is None else args.max_tokens_per_batch,
         "max_length": args.max_length, "device": args.device,
+        "long_texts": args.long_texts, "chunk_overlap": args.chunk_overlap,
         "dtype": args.dtype, "quantization": args.quantization, "trust_remote_code": args.trust_remote_code,
         "model_kwargs": {"device_map": args.device_map} if args.device_map else None,
         "experts_implementation": getattr(args, "experts_implementation", None),

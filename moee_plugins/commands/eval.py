@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ examples:
   moee eval --model moee:olmoe --benchmark moee-paper --alpha auto -o results/
   moee eval --model moee:qwen-moe --tasks STSBenchmark,SciDocsRR --modes hs,sum -o results/
   moee eval --model ./my-moe --task-module my_tasks --tasks MyTask -o results/
+  moee eval --model moee:olmoe --benchmark moee-paper --hidden-layers -1,-4,-8 -o results/
 """
 
 
@@ -37,12 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(parser, model_required=True, mode=False)
+    # "--hidden-layers -1,-4,-8": a comma list of negative numbers is a value, not an option (argparse's own
+    # rule accepts only a single negative number)
+    parser._negative_number_matcher = re.compile(r"^-\d+(,\s*-?\d+)*$|^-\d*\.\d+$")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--tasks", help="comma-separated task names (registered in-process, else MTEB's)")
     which.add_argument("--benchmark", choices=["moee-paper"], help="the paper's 19 MTEB tasks")
     parser.add_argument("--task-module", action="append", default=[], metavar="MODULE",
                         help="import MODULE (dotted name or .py file) first, e.g. one that registers "
                              "in-memory tasks; repeatable")
+    parser.add_argument("--hidden-layers", default=None, metavar="K,K,...",
+                        help="evaluate several hidden layers (e.g. -1,-4,-8) from one forward pass per text, side by "
+                        "side (each layer's results in <output>/layer<k>/)")
     parser.add_argument("--modes", default="hs,rw,concat,sum", help="comma-separated: hs, rw, concat, sum")
     parser.add_argument("--alpha", default="1.0",
                         help="weight of cos(RW) in sum mode, or 'auto' to choose it per task without labels")
@@ -80,13 +88,15 @@ def _what(args: argparse.Namespace) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..evaluation import parse_alpha, parse_modes, run
+    from ..evaluation import parse_alpha, parse_hidden_layers, parse_modes, run, run_layers
 
     try:
         for module in args.task_module:
             _import_task_module(module)
         parse_modes(args.modes)
         parse_alpha(args.alpha)
+        if args.hidden_layers is not None:
+            parse_hidden_layers(args.hidden_layers)
         kwargs = embedder_kwargs(args)
         kwargs.pop("prompt")  # run() takes the prompt itself
     except (ImportError, ValueError) as exc:
@@ -105,9 +115,14 @@ def _main(args: argparse.Namespace) -> int:
     if package_logger.getEffectiveLevel() > logging.INFO:  # per-task progress lines (`moee` restores the level)
         package_logger.setLevel(logging.INFO)
     try:
-        report = run(args.model, tasks=args.tasks, benchmark=args.benchmark, modes=args.modes, prompt=args.prompt,
-                     alpha=args.alpha, output_dir=args.output, cache_dir=args.cache_dir, overwrite=args.overwrite,
-                     raise_error=not args.keep_going, show_progress=not args.no_progress, embedder_kwargs=kwargs)
+        common = {"tasks": args.tasks, "benchmark": args.benchmark, "modes": args.modes, "prompt": args.prompt,
+                  "alpha": args.alpha, "output_dir": args.output, "cache_dir": args.cache_dir,
+                  "overwrite": args.overwrite, "raise_error": not args.keep_going,
+                  "show_progress": not args.no_progress, "embedder_kwargs": kwargs}
+        if args.hidden_layers is not None:
+            report = run_layers(args.model, hidden_layers=args.hidden_layers, **common)
+        else:
+            report = run(args.model, **common)
     except (KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         sys.stderr.write(f"moee eval: error: {message}\n")

@@ -15,6 +15,7 @@ from . import persistence
 from .aliases import ModelAlias
 from .batching import tokenize
 from .build import build_embedder, check_arguments, load_model_and_tokenizer
+from .chunking import encode_chunked
 from .engine import Engine, token_id_rows
 from .inputs import check_text_list, check_texts
 from .loading import resolve_device, resolve_dtype, resolve_reference
@@ -50,9 +51,10 @@ class MoEEmbedder:
         trust_remote_code: run a checkpoint's own modelling code (off unless you ask; never read from a file).
         statistics: standardisation statistics (a :class:`Statistics` or its dict), e.g. from a saved config.
         **options: see :mod:`moee_plugins.core.options` (``mode``, ``prompt``, ``pooling``, ``routing``,
-            ``alpha``, ``layers``, ``standardize``, ``normalize``, ``dtype``, ``quantization``, ``max_length``,
-            ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``, ``experts_implementation``,
-            ``attn_implementation``). An option you do not give takes the
+            ``alpha``, ``layers``, ``hidden_layer``, ``standardize``, ``normalize``, ``dtype``, ``quantization``,
+            ``max_length``, ``long_texts`` (``"truncate"``, or ``"chunk"``: windows of ``max_length`` tokens,
+            ``chunk_overlap`` apart), ``batch_size``, ``max_tokens_per_batch``, ``model_kwargs``,
+            ``experts_implementation``, ``attn_implementation``). An option you do not give takes the
             alias's default (``moee:<alias>``), else the table's; an option added to the table is accepted here
             by name (an unknown name is refused, listing the valid ones). ``max_tokens_per_batch="auto"`` (default):
             the padded-token budget chosen for the device (:mod:`moee_plugins.core.pipeline`; 2,048 on a CPU).
@@ -99,7 +101,8 @@ class MoEEmbedder:
     def _attach_model(self) -> None:
         """The engine on the loaded model (router sites hold closures: rebuilt after unpickling)."""
         self.engine = Engine.for_model(self.model, self.tokenizer, layers=self.layers, pooling=self.pooling,
-                                       routing=self.routing, device=self.device, dtype=self.dtype)
+                                       routing=self.routing, device=self.device, dtype=self.dtype,
+                                       hidden_layer=self.hidden_layer)
 
     @classmethod
     def build(cls, model: Any, *, owner: str = "MoEEmbedder", **options: Any) -> MoEEmbedder:
@@ -164,6 +167,8 @@ class MoEEmbedder:
         """
         items, _ = check_texts(texts)
         template = self.prompt_for(prompt)
+        if self.long_texts == "chunk":  # windows of long texts, their raw parts pooled per text (core/chunking.py)
+            return encode_chunked(self, items, template, self._batch_size(batch_size), show_progress_bar, progress)
 
         def tokenize_span(span: tuple[int, int]) -> tuple[int, list[list[int]]]:
             return span[0], tokenize(self.tokenizer, template, items[span[0] : span[1]], self.max_length)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from .batching import plan_batches, position_ids_from_mask, right_pad
+from .layers import HiddenLayerCapture, resolve_hidden_layer
 from .loading import input_device
 from .parts import MoEEParts, RouterBlock
 from .pipeline import AUTO, auto_batch_cost, resolve_token_budget
-from .pooling import pool
 from .routers import RouterSite, RoutingCapture, find_router_sites, select_sites, sized_from_logits
 from .vectors import check_model_output
 
@@ -114,11 +114,15 @@ class Engine:
         pad_id: the id right padding fills with.
         device, dtype: where the model runs and its dtype (for the ``"auto"`` token budget).
         listeners: called with a :class:`ForwardPass` before each forward pass (see :meth:`observe`).
+        hidden_layer: the decoder layer of the hidden-state channel (-1: the model's output, after the final norm).
     """
 
     def __init__(self, model: Any, sites: Sequence[RouterSite], *, pooling: str, routing: str, pad_id: int,
-                 device: torch.device, dtype: torch.dtype, listeners: Iterable[Listener] = ()) -> None:
+                 device: torch.device, dtype: torch.dtype, listeners: Iterable[Listener] = (),
+                 hidden_layer: int = -1) -> None:
         self.model = model
+        # hidden_layer: the decoder layer whose output is the hidden-state channel, read by a hook (core/layers.py)
+        self.hidden_capture = HiddenLayerCapture(model, [resolve_hidden_layer(model, hidden_layer)])
         self.sites = list(sites)
         self.layout = router_layout(self.sites)
         self.pooling, self.routing, self.pad_id, self.dtype = pooling, routing, pad_id, dtype
@@ -133,12 +137,13 @@ class Engine:
 
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any, *, layers: Sequence[int] | None, pooling: str, routing: str,
-                  device: torch.device, dtype: torch.dtype) -> Engine:
+                  device: torch.device, dtype: torch.dtype, hidden_layer: int = -1) -> Engine:
         """An engine on a loaded model: the routers of ``layers`` (None: all), padding with the tokenizer's pad id
         (else its EOS id)."""
         pad_id = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
         sites = sized_from_logits(model, select_sites(find_router_sites(model), layers))
-        return cls(model, sites, pooling=pooling, routing=routing, pad_id=pad_id, device=device, dtype=dtype)
+        return cls(model, sites, pooling=pooling, routing=routing, pad_id=pad_id, device=device, dtype=dtype,
+                   hidden_layer=hidden_layer)
 
     # ------------------------------------------------------------------ observation
     def add_listener(self, listener: Listener) -> Callable[[], None]:
@@ -205,10 +210,11 @@ class Engine:
         input_ids = input_ids.to(self.input_device)
         attention_mask = attention_mask.to(self.input_device)
         capture.start_batch(attention_mask)
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-        last_hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        pooled_hidden = pool(last_hidden, attention_mask.to(last_hidden.device), self.pooling)
+        with self.hidden_capture.attached():
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            last_hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+            pooled_hidden = self.hidden_capture.pooled(last_hidden, attention_mask, self.pooling)[0]
         pooled_routing = capture.collect(pooled_hidden.device)
         return torch.cat([pooled_hidden, pooled_routing], dim=1)
 

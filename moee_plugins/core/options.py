@@ -24,7 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .chunking import LONG_TEXTS
 from .combine import MODES
+from .layers import check_hidden_layer
 from .pipeline import AUTO, DEFAULT_ROW_CAP
 from .pooling import POOLINGS
 from .prompts import PromptTemplate, prompt_to_config, resolve_prompt
@@ -233,11 +235,17 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("routing", "logits", "parts", _choice("routing", ROUTING_KINDS), "logits or probs"),
     Option("alpha", 1.0, "vectors", check_alpha, "weight of cos(RW) in sum mode, 0..1e6"),
     Option("layers", None, "parts", _layers, "decoder layers whose routers to use (None: all)"),
+    Option("hidden_layer", -1, "parts", check_hidden_layer,
+           "decoder layer whose hidden state is HS: -1 (the last, after the final norm), else that layer's raw output"),
     Option("standardize", "auto", "vectors", _standardize, "'auto' (fixed statistics) or None"),
     Option("normalize", True, "vectors", _normalize, "L2-normalise hs/rw/concat vectors"),
     Option("dtype", "auto", "parts", _dtype, "auto, float32, bfloat16 or float16"),
     Option("quantization", None, "parts", _quantization, "None, 4bit or 8bit (routers stay full precision)"),
     Option("max_length", 512, "parts", lambda v: _int("max_length", v), "tokens per text, prompt included"),
+    Option("long_texts", "truncate", "parts", _choice("long_texts", LONG_TEXTS),
+           "a text over max_length: 'truncate' (cut inside the prompt) or 'chunk' (windows, raw parts pooled)"),
+    Option("chunk_overlap", 0, "parts", lambda v: _int("chunk_overlap", v, minimum=0),
+           "tokens each window repeats from the previous one (long_texts='chunk')"),
     Option("batch_size", DEFAULT_ROW_CAP, "runtime", check_positive_int,
            "row cap of a forward pass (the token budget usually closes a batch first)"),
     Option("max_tokens_per_batch", AUTO, "runtime", _token_budget,

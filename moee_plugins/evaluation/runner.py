@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ def run(
     raise_error: bool = True,
     show_progress: bool = False,
     embedder_kwargs: dict[str, Any] | None = None,
+    store: PartsStore | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on MTEB tasks in each of ``modes``, encoding every unique text once.
 
@@ -138,9 +140,12 @@ def run(
         overwrite: re-run tasks whose MTEB results exist (parts stay cached).
         raise_error: stop at the first failing task; else record the error and go on.
         embedder_kwargs: :class:`MoEEmbedder` options when ``model`` is not an embedder.
+        store: the parts store to use (default: one for the embedder under ``cache_dir``), e.g. one of the
+            stores of :func:`~moee_plugins.evaluation.run_layers` that share one forward pass.
+
+    The forward passes the model ran are counted (``report.forward_passes``) and logged.
     """
     mteb = require("mteb", "mteb", feature="moee_plugins.evaluation")
-    from .mteb import MoEEMTEBModel
 
     task_list = resolve_tasks(tasks, benchmark)
     mode_list = parse_modes(modes)
@@ -151,8 +156,46 @@ def run(
     embedder = build_embedder(model, owner="moee_plugins.evaluation.run", options_name="embedder_kwargs",
                               **defaults, **(embedder_kwargs or {}))
     template = embedder.prompt if prompt is None else resolve_prompt(prompt)
-    store = PartsStore.for_embedder(embedder, cache_dir if cache_dir is not None else output / "parts-cache",
-                                    shard_size=shard_size)
+    if store is None:
+        store = PartsStore.for_embedder(embedder, cache_dir if cache_dir is not None else output / "parts-cache",
+                                        shard_size=shard_size)
+    with counting_passes(embedder.model) as passes:
+        report = _run(embedder, store, template, task_list, mode_list, alpha_value, output, overwrite, raise_error,
+                      show_progress, model, prompt, mteb)
+    report.forward_passes = passes[0]
+    logger.info("%d texts through the model in %d forward passes", report.texts.get("forwarded", 0), passes[0])
+    _finish(report, output)
+    return report
+
+
+@contextlib.contextmanager
+def counting_passes(model: Any) -> Iterator[list[int]]:
+    """Count the forward passes ``model`` runs inside the block (a pre-hook, removed afterwards)."""
+    passes = [0]
+
+    def count(*_: Any) -> None:
+        passes[0] += 1
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        yield passes
+    finally:
+        handle.remove()
+
+
+def _finish(report: EvalReport, output: Path) -> None:
+    summary_path = output / "summary.md"
+    report.summary_path = str(summary_path)
+    summary_path.write_text(report.to_markdown(), "utf-8")
+    _write_json(output / "summary.json", report.to_dict())
+
+
+def _run(embedder: MoEEmbedder, store: PartsStore, template: PromptTemplate, task_list: list[Any],
+         mode_list: list[str], alpha_value: float | str, output: Path, overwrite: bool, raise_error: bool,
+         show_progress: bool, model: Any, prompt: Any, mteb: Any) -> EvalReport:
+    """Every task in every mode (results written by MTEB); the report without its summary files."""
+    from .mteb import MoEEMTEBModel
+
     _ensure_statistics(embedder, store)
     wrapper = MoEEMTEBModel(embedder, mode=mode_list[0], prompt=template, store=store)
     meta = wrapper.mteb_model_meta
@@ -222,8 +265,4 @@ def run(
                          if alpha_value == "auto" else {t.metadata.name: {"alpha": alpha_value} for t in task_list})
     report.texts = {"unique": len(wrapper.encoded_keys()),
                     "forwarded": store.forwarded - forwarded_before}
-    summary_path = output / "summary.md"
-    report.summary_path = str(summary_path)
-    summary_path.write_text(report.to_markdown(), "utf-8")
-    _write_json(output / "summary.json", report.to_dict())
     return report

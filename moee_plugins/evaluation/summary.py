@@ -90,6 +90,7 @@ class EvalReport:
     tasks: list[TaskRow] = field(default_factory=list)
     alphas: dict[str, dict[str, Any]] = field(default_factory=dict)
     texts: dict[str, int] = field(default_factory=dict)
+    forward_passes: int = 0
     output_dir: str = ""
     cache_dir: str = ""
     summary_path: str = ""
@@ -149,6 +150,7 @@ def render_markdown(report: EvalReport) -> str:
                      f"run, {texts['unique'] - texts.get('forwarded', 0)} from the parts cache |")
     elif texts:
         lines.append("| texts encoded | none: every result was already on disk |")
+    lines.append(f"| forward passes | {report.forward_passes} |")
     if report.cache_dir:
         lines.append(f"| parts cache | `{report.cache_dir}` |")
     lines += ["", "## Scores (x100, the paper's layout)", "",

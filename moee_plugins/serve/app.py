@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._extras import require
+from ..core.chunking import encode_request
 from .batcher import BatchSettings, DynamicBatcher, NotReady, Overloaded
 from .metrics import ServerMetrics
 
@@ -309,6 +310,11 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     async def embed(request: Any, embedder: Any, texts: list[str], dimensions: int | None
                     ) -> tuple[np.ndarray, int, list[int]]:
         """Vectors (input order), tokens used and the indices of truncated inputs, via the batcher."""
+        if getattr(embedder, "long_texts", "truncate") == "chunk":  # windows pooled per text (core/chunking.py)
+            vectors, tokens = await concurrency.run_in_threadpool(encode_request, embedder, texts, dimensions)
+            metrics.inputs.inc(len(texts))
+            metrics.tokens.inc(tokens)
+            return vectors, tokens, []
         if not tokenizer:
             tokenizer.append(PromptTokenizer(embedder))
         token_ids, truncated = await concurrency.run_in_threadpool(tokenizer[0], texts)
