@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._extras import require
-from .core import MoEEmbedder, PromptTemplate
+from .core import MoEEmbedder, PromptTemplate, build_embedder
 from .core.prompts import prompt_to_config
 
 _backend = require("bertopic.backend", "bertopic")
@@ -72,7 +72,7 @@ class MoEEBackend(_backend.BaseEmbedder):
         dimensions: int | None = None,
         **embedder_kwargs: Any,
     ) -> None:
-        embedder = MoEEmbedder.build(model, owner="MoEEBackend", **embedder_kwargs)
+        embedder = build_embedder(model, owner="MoEEBackend", **embedder_kwargs)
         try:
             embedder.check_dimensions(dimensions)
         except (TypeError, ValueError) as exc:

@@ -34,7 +34,7 @@ require("sentence_transformers", "sentence-transformers")
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.base.modules import InputModule  # noqa: E402
 
-from .core import MoEEmbedder, PromptTemplate, card, check_texts, options  # noqa: E402
+from .core import MoEEmbedder, PromptTemplate, build_embedder, card, check_texts, options  # noqa: E402
 from .core.aliases import PREFIX, strip_prefix  # noqa: E402
 from .core.batching import tokenize  # noqa: E402
 from .core.chunking import chunked_features  # noqa: E402
@@ -76,7 +76,7 @@ class MoEEModule(InputModule):
                  **embedder_options: Any) -> None:
         super().__init__()
         source = source or (embedder if isinstance(embedder, str) else None)
-        self.embedder = embedder = MoEEmbedder.build(embedder, owner="MoEEModule", **embedder_options)
+        self.embedder = embedder = build_embedder(embedder, owner="MoEEModule", **embedder_options)
         self.auto_model = embedder.model  # a sub-module: moved, shared and counted with the SentenceTransformer
         self.include_weights = bool(include_weights)
         self.source = source or embedder.config["model"]
@@ -368,8 +368,6 @@ def _saved_settings(directory: str, kwargs: dict[str, Any]) -> None:
 def module_for(reference: str, kwargs: dict[str, Any]) -> Any:
     """The ``MoEEModule`` for ``SentenceTransformer("moee:...", **kwargs)``; consumes the loading arguments in
     kwargs (the rest go to ``SentenceTransformer``). The base model's remote code follows ``trust_remote_code``."""
-    from .core.build import build_embedder
-
     if kwargs.pop("modules", None) is not None:
         raise ValueError(f"pass either a model name ({reference!r}) or modules=[...], not both")
     if kwargs.pop("backend", "torch") != "torch":

@@ -102,7 +102,7 @@ def test_the_identity_hashes_the_files_and_ignores_the_name_of_the_same_files(ti
 
 
 def test_one_builder_refuses_options_for_an_existing_embedder_the_same_way(tiny_embedder):
-    for call in (lambda: MoEEmbedder.build(tiny_embedder, mode="hs"),
+    for call in (lambda: build_embedder(tiny_embedder, mode="hs"),
                  lambda: build_embedder(embedder=tiny_embedder, owner="X", options_name="model_kwargs", mode="hs")):
         with pytest.raises(EmbedderOptionsError, match="only apply when loading a model") as caught:
             call()

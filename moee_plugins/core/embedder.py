@@ -14,8 +14,8 @@ from . import options as opts
 from . import persistence
 from .aliases import ModelAlias
 from .batching import tokenize
-from .build import build_embedder, check_arguments, load_model_and_tokenizer
 from .chunking import encode_chunked
+from .construction import check_arguments, load_model_and_tokenizer
 from .engine import Engine, token_id_rows
 from .inputs import check_text_list, check_texts
 from .loading import resolve_device, resolve_dtype, resolve_reference
@@ -103,11 +103,6 @@ class MoEEmbedder:
         self.engine = Engine.for_model(self.model, self.tokenizer, layers=self.layers, pooling=self.pooling,
                                        routing=self.routing, device=self.device, dtype=self.dtype,
                                        hidden_layer=self.hidden_layer)
-
-    @classmethod
-    def build(cls, model: Any, *, owner: str = "MoEEmbedder", **options: Any) -> MoEEmbedder:
-        """An existing embedder as is (options refused), else a new one: :func:`~moee_plugins.core.build_embedder`."""
-        return build_embedder(model, owner=owner, **options)
 
     # ------------------------------------------------------------------ shape and state
     sites = property(lambda self: self.engine.sites, doc="The router sites whose scores make the routing channel.")

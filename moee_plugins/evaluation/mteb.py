@@ -33,6 +33,7 @@ import torch
 
 from .._extras import require
 from ..core import options
+from ..core.build import build_embedder
 from ..core.embedder import MoEEmbedder
 from ..core.parts import MoEEParts
 from ..core.prompts import PromptTemplate, prompt_to_config
@@ -98,7 +99,7 @@ class MoEEMTEBModel:
     def __init__(self, model: MoEEmbedder | Any, *, mode: str | None = None, alpha: float | None = None,
                  prompt: str | PromptTemplate | None = None, store: PartsStore | None = None,
                  cache_dir: str | Path | None = None, name: str | None = None, **embedder_kwargs: Any) -> None:
-        embedder = MoEEmbedder.build(model, owner="MoEEMTEBModel", **embedder_kwargs)
+        embedder = build_embedder(model, owner="MoEEMTEBModel", **embedder_kwargs)
         self.embedder = embedder
         self.prompt = embedder.prompt_for(prompt)
         self.store = store if store is not None else PartsStore.for_embedder(embedder, cache_dir)
