@@ -163,7 +163,8 @@ class MoEEmbedder:
         items, _ = check_texts(texts)
         template = self.prompt_for(prompt)
         if self.long_texts == "chunk":  # windows of long texts, their raw parts pooled per text (core/chunking.py)
-            return encode_chunked(self, items, template, self._batch_size(batch_size), show_progress_bar, progress)
+            return encode_chunked(self, items, template, self._run_settings(batch_size)["batch_size"],
+                                  show_progress_bar, progress)
 
         def tokenize_span(span: tuple[int, int]) -> tuple[int, list[list[int]]]:
             return span[0], tokenize(self.tokenizer, template, items[span[0] : span[1]], self.max_length)
