@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from serve_helpers import MODEL_NAME, GatedEmbedder
 
-from moee_plugins.serve import BatchSettings, DynamicBatcher, NotReady, Overloaded
+from moee_plugins.serve import BatchFailed, BatchSettings, DynamicBatcher, NotReady, Overloaded
 
 
 class FakeEmbedder:
@@ -29,7 +29,7 @@ class FakeEmbedder:
         self.entered = threading.Event()
         self.calls: list[list[list[int]]] = []
 
-    def encode_token_ids(self, rows, batch_size=None, show_progress_bar=None):
+    def encode_batch(self, rows):
         self.calls.append([list(r) for r in rows])
         self.entered.set()
         assert self.gate.wait(10), "gate never opened"
@@ -140,8 +140,9 @@ def test_a_failing_batch_fails_only_its_requests(batchers):
     batcher, _ = batchers(max_batch_size=1)
     poisoned = batcher.submit([[999, 1]])
     healthy = batcher.submit(_rows(2, 2))
-    with pytest.raises(RuntimeError, match="poisoned"):
+    with pytest.raises(BatchFailed, match="failed on this request's input") as failure:
         poisoned.result(10)
+    assert "poisoned" in str(failure.value.__cause__)  # the cause stays server-side, for the log
     _check(healthy.result(10), _rows(2, 2))
     _check(batcher.submit(_rows(3, 1)).result(10), _rows(3, 1))
 
