@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -53,11 +52,9 @@ def _check(result: np.ndarray, rows: list[list[int]]) -> None:
     np.testing.assert_array_equal(result, [[row[0], len(row)] for row in rows])
 
 
-def _wait_for(predicate, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
+def _wait_for(batcher: DynamicBatcher, predicate, timeout: float = 30) -> None:
+    """Wait on the batcher's own condition (signalled on every queue change), never a sleep."""
+    assert batcher.wait_until(predicate, timeout), "condition not reached"
 
 
 @pytest.fixture
@@ -154,7 +151,7 @@ def test_close_finishes_accepted_requests_then_refuses(batchers):
     queued = batcher.submit(_rows(2, 3))
     closer = threading.Thread(target=batcher.close, args=(10,))
     closer.start()
-    _wait_for(lambda: batcher.closing)
+    _wait_for(batcher, lambda b: b.closing)
     with pytest.raises(NotReady, match="shutting down"):
         batcher.submit(_rows(3, 1))
     fake.gate.set()
@@ -212,7 +209,7 @@ def test_overload_is_503_with_retry_after_and_nothing_is_lost(serve_factory, tin
         first = pool.submit(client.post, "/v1/embeddings", json=body)
         assert gated.entered.wait(10)  # request 1 is in the model
         second = pool.submit(client.post, "/v1/embeddings", json=body)
-        _wait_for(lambda: running.app.state.batcher.queued_inputs == 4)  # request 2 fills the queue
+        _wait_for(running.app.state.batcher, lambda b: b.queued_inputs == 4)  # request 2 fills the queue
         refused = client.post("/v1/embeddings", json=body)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
@@ -232,10 +229,10 @@ def test_a_client_that_gives_up_does_not_disturb_others(serve_factory, tiny_embe
     with concurrent.futures.ThreadPoolExecutor(2) as pool, running.client() as client:
         blocker = pool.submit(client.post, "/v1/embeddings", json={"input": "first", "encoding_format": "float"})
         assert gated.entered.wait(10)
-        with running.client(timeout=0.3) as impatient, pytest.raises(httpx.TimeoutException):
-            impatient.post("/v1/embeddings", json={"input": ["never read"] * 3})
         kept = pool.submit(client.post, "/v1/embeddings", json={"input": ["kept a", "kept b"], "encoding_format": "float"})
-        time.sleep(0.2)
+        _wait_for(running.app.state.batcher, lambda b: b.queued_inputs == 2)  # queued behind the forward pass
+        with running.client(timeout=0.3) as impatient, pytest.raises(httpx.TimeoutException):
+            impatient.post("/v1/embeddings", json={"input": ["never read"] * 3})  # gives up while the model is busy
         gated.gate.set()
         response = kept.result(30)
         assert blocker.result(30).status_code == 200
@@ -256,9 +253,17 @@ def test_graceful_shutdown_finishes_accepted_requests(serve_factory, tiny_embedd
         futures = [post(texts[0])]
         assert gated.entered.wait(10)  # request 1 is in the model, the others queue behind it
         futures += [post(t) for t in texts[1:]]
-        _wait_for(lambda: running.app.state.batcher.queued_inputs == 4)  # all three accepted
+        _wait_for(running.app.state.batcher, lambda b: b.queued_inputs == 4)  # all three accepted
+        shutting_down = threading.Event()
+        shutdown = running.server.shutdown
+
+        async def shutdown_observed(*args, **kwargs):  # uvicorn's graceful shutdown has begun: it stops listening
+            shutting_down.set()
+            await shutdown(*args, **kwargs)
+
+        running.server.shutdown = shutdown_observed
         running.server.should_exit = True  # what SIGTERM does
-        time.sleep(0.3)
+        assert shutting_down.wait(30)
         gated.gate.set()
         for t, future in zip(texts, futures, strict=True):
             response = future.result(30)

@@ -216,6 +216,7 @@ async def _until_done(request: Any, future: Any, deadline: float, metrics: Serve
     finally:
         watcher.cancel()
     if waiter not in done:
+        future.cancel()  # now, not when the loop gets to it: its rows must not be picked for a forward pass
         waiter.cancel()
         if watcher in done:
             raise _ClientGone

@@ -182,6 +182,12 @@ class DynamicBatcher:
                                f"({self._passes} passes completed)")
         return "ok", None
 
+    def wait_until(self, predicate: Callable[[DynamicBatcher], bool], timeout: float | None = None) -> bool:
+        """Block until ``predicate(self)`` holds (re-checked whenever the queue changes); False on timeout.
+        For callers and tests that need "request N is queued" without polling."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
+
     def supports_dimensions(self, dimensions: int) -> bool:
         """Whether reduced vectors of ``dimensions`` can be produced by this embedder."""
         return dimensions in tuple(self.embedder.supported_dimensions)
@@ -287,6 +293,7 @@ class DynamicBatcher:
                 job.todo = [row for row in job.todo if row not in taken[id(job)]]
             self._jobs = [job for job in self._jobs if job.todo]
             self._depth_changed()
+            self._cond.notify_all()
             return batch
 
     def _drop_cancelled(self) -> None:
