@@ -123,6 +123,7 @@ class DynamicBatcher:
         self.load_error: BaseException | None = None
         self.worker_error: BaseException | None = None
         self._busy_since: float | None = None  # when the running forward pass started
+        self._in_flight: Batch = []  # the batch the forward thread holds
         self._passes = 0
         self._combine_queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: at most two batches' parts wait
         self._combiner = threading.Thread(target=self._combine_loop, name="moee-serve-combine", daemon=True)
@@ -244,7 +245,9 @@ class DynamicBatcher:
                 batch = self._take_batch()
                 if batch is None:
                     return
+                self._in_flight = batch
                 self._forward(batch)
+                self._in_flight = []
         except BaseException as exc:  # the worker is gone: nobody may wait for it forever
             logger.critical("moee serve: the model worker stopped", exc_info=True)
             self.worker_error = exc
@@ -355,7 +358,8 @@ class DynamicBatcher:
         with self._cond:
             jobs, self._jobs = self._jobs, []
             self._queued_inputs = self._queued_tokens = 0
-        for job in jobs:
+            self._cond.notify_all()
+        for job in [job for job, _ in self._in_flight] + jobs:
             settle(job.future, exception=exc)
 
     # ------------------------------------------------------------------ combine thread
