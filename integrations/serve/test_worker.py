@@ -329,3 +329,37 @@ def test_a_request_past_the_server_timeout_gets_504_and_its_rows_are_dropped(ser
     np.testing.assert_allclose(later, tiny_embedder.encode(["later"]), atol=1e-6, rtol=0)
     assert gated.calls == 2  # the held pass and "later": the timed-out queued rows never ran
     assert running.app.state.metrics.sample("moee_request_timeouts_total") == 2
+
+
+# ------------------------------------------------------------------------------------------- flags
+def test_worker_flags_reach_the_settings(tmp_path):
+    import argparse
+
+    from moee_plugins.commands import serve as serve_command
+
+    parser = argparse.ArgumentParser()
+    serve_command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(tmp_path), "--request-timeout", "12.5", "--stall-timeout", "7",
+                              "--max-queue-tokens", "4096", "--tokenizer-threads", "3"])
+    settings = serve_command.settings_from(args)
+    assert settings.request_timeout_s == 12.5 and settings.tokenizer_threads == 3
+    assert settings.batch.stall_after_s == 7 and settings.batch.max_queue_tokens == 4096
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--request-timeout", "0"], "--request-timeout must be a positive number"),
+    (["--stall-timeout", "-1"], "--stall-timeout must be a positive number"),
+    (["--max-queue-tokens", "0"], "--max-queue-tokens must be a positive integer"),
+    (["--tokenizer-threads", "0"], "--tokenizer-threads must be a positive integer"),
+])
+def test_bad_worker_flags_are_usage_errors(flags, message, tmp_path):
+    import argparse
+
+    from moee_plugins.commands import serve as serve_command
+    from moee_plugins.commands._common import UsageError
+
+    parser = argparse.ArgumentParser()
+    serve_command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(tmp_path), *flags])
+    with pytest.raises(UsageError, match=message):
+        serve_command.settings_from(args)
