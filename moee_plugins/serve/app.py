@@ -347,13 +347,8 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
                     ) -> tuple[np.ndarray, int, list[int]]:
         """Vectors (input order), tokens used and the indices of truncated inputs, via the batcher."""
         deadline = time.monotonic() + settings.request_timeout_s
-        if not tokenizer:
-            pool = TokenizerPool(embedder, settings.tokenizer_threads)
-            await concurrency.run_in_threadpool(pool.warm_up)
-            if not tokenizer:
-                tokenizer.append(pool)
-            else:
-                pool.close()
+        if not tokenizer:  # no await in between: one pool, however many first requests arrive together
+            tokenizer.append(TokenizerPool(embedder, settings.tokenizer_threads))
         token_ids, truncated = await _until_done(request, tokenizer[0].submit(texts), deadline, metrics)
         try:
             future = batcher.submit(token_ids, dimensions)

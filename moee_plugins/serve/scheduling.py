@@ -4,7 +4,8 @@ The look-ahead takes rows round-robin across the waiting requests (one row of ea
 second of each, ...) up to a few batches' worth of rows and tokens, so a new one-text request is seen at once
 however much a large request has queued. The next batch is then the shortest rows of the look-ahead, filled
 up to the row cap and the padded-token budget: a short request never waits behind a window of long batches.
-A request that has been passed over ``max_skips`` times goes next (its rows first), so long ones still finish.
+A request that has been passed over ``max_skips`` times goes next (its first waiting row, with the rows closest
+to it in length, so padding stays low), so long ones still finish.
 Pure functions of the waiting jobs: no threads, no clocks.
 """
 
@@ -68,9 +69,11 @@ def next_batch(jobs: Sequence[Any], max_rows: int, max_tokens: int, window_batch
         return []
     by_length = sorted(window, key=lambda entry: len(entry[0].token_ids[entry[1]]))
     oldest = window[0][0]
-    if oldest.skipped >= max_skips:  # it has waited long enough: its rows first, then the shortest others
-        mine = [entry for entry in window if entry[0] is oldest]
-        batch = fill(mine + [entry for entry in by_length if entry[0] is not oldest], max_rows, max_tokens)
+    if oldest.skipped >= max_skips:  # it has waited long enough: its first row goes, with rows of similar length
+        anchor = window[0]
+        size = len(anchor[0].token_ids[anchor[1]])
+        rest = sorted(window[1:], key=lambda e: (abs(len(e[0].token_ids[e[1]]) - size), len(e[0].token_ids[e[1]])))
+        batch = fill([anchor, *rest], max_rows, max_tokens)
     else:
         batch = fill(by_length, max_rows, max_tokens)
     chosen = {id(job) for job, _ in batch}

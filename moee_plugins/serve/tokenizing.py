@@ -7,8 +7,7 @@ after at most one chunk of each request ahead of it, never after the whole of a 
 
 A fast (Rust) tokenizer releases the GIL while it encodes, so the threads run in parallel with each other and
 with the forward pass. Its state only changes when truncation/padding settings change; the core always calls it
-with the same settings, and :meth:`TokenizerPool.warm_up` makes that first (state-setting) call before the pool
-is shared.
+with the same settings, and the pool makes that first (state-setting) call before its threads start.
 """
 
 from __future__ import annotations
@@ -53,14 +52,11 @@ class TokenizerPool:
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        embedder.tokenize(["warm-up"])  # fixes the tokenizer's settings once, before the threads share it
         self._threads = [threading.Thread(target=self._run, name=f"moee-serve-tokenize-{i}", daemon=True)
                          for i in range(threads)]
         for thread in self._threads:
             thread.start()
-
-    def warm_up(self) -> None:
-        """One call before the threads share the tokenizer: it fixes the tokenizer's settings once."""
-        self._embedder.tokenize(["warm-up"])
 
     def submit(self, texts: Sequence[str], prompt: Any = None) -> concurrent.futures.Future:
         request = _Request(list(texts), prompt)
