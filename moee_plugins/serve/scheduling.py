@@ -44,14 +44,20 @@ def look_ahead(jobs: Sequence[Any], max_rows: int, max_tokens: int) -> list[tupl
     return taken
 
 
-def fill(candidates: Sequence[tuple[Any, int]], max_rows: int, max_tokens: int) -> list[tuple[Any, int]]:
+def fill(candidates: Sequence[tuple[Any, int]], max_rows: int, max_tokens: int,
+         batch_cost: int | None = None) -> list[tuple[Any, int]]:
     """The longest prefix of ``candidates`` within the row cap and padded-token budget (rows x longest row);
-    the first candidate always goes, even alone over the budget."""
+    the first candidate always goes, even alone over the budget. A row whose padding would cost more than
+    ``batch_cost`` padded tokens (default: 1/16 of the budget, the core's estimate of a pass's fixed cost)
+    ends the batch too: a short query then runs in a short pass instead of being padded to long texts."""
+    cost = max_tokens // 16 if batch_cost is None else batch_cost
     batch: list[tuple[Any, int]] = []
     longest = 0
     for job, row in candidates:
         length = len(job.token_ids[row])
-        if batch and (len(batch) >= max_rows or (len(batch) + 1) * max(longest, length) > max_tokens):
+        padded = (len(batch) + 1) * max(longest, length)
+        if batch and (len(batch) >= max_rows or padded > max_tokens
+                      or padded - (len(batch) * longest) - length > cost):
             break
         batch.append((job, row))
         longest = max(longest, length)
