@@ -113,9 +113,9 @@ def test_the_look_ahead_takes_rows_round_robin_across_requests():
 
 
 def test_a_short_row_is_not_padded_to_long_ones_when_a_pass_of_its_own_is_cheaper():
-    short, long = _Job([3]), _Job([100] * 8)
+    short, long = _Job([3]), _Job([200] * 8)
     batch = next_batch([long, short], max_rows=64, max_tokens=2048, window_batches=4, max_skips=8)
-    assert batch == [(short, 0)]  # 97 padded tokens for it among long rows would cost more than a pass (128)
+    assert batch == [(short, 0)]  # 197 padded tokens for it among long rows would cost more than a pass (128)
     batch = next_batch([long], max_rows=64, max_tokens=2048, window_batches=4, max_skips=8)
     assert len(batch) == 8  # rows of one length still fill the budget
 
