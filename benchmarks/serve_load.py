@@ -6,9 +6,15 @@ row cap and token budget) answering ``--requests`` requests of 1..``--max-texts`
 concurrent clients in a separate process (so the load generator does not share the server's interpreter).
 Every response is checked against the in-process vectors (max |diff| printed; requests answered exactly once).
 Prints texts/s, tokens/s, p50/p99 latency, mean batch size and the ratio server / in-process
-(target >= 0.9 at saturation). Loopback only; bounded by --requests and --timeout.
+(target >= 0.9 at saturation). ``--rounds N`` repeats both sides N times, interleaved (in-process first on odd
+rounds, server first on even ones), and reports the median ratio: on a shared machine a single run says little.
 
-    python benchmarks/serve_load.py --threads 1                    # CPU: olmoe-cpu shape, 2,000 requests
+Then (unless ``--probes 0``) the head-of-line test: ``--long-clients`` clients keep the server saturated with
+requests of ``--long-texts`` long texts while one client sends ``--probes`` one-text requests, one after the other;
+the probes' p50/p99 latency is what a short query waits behind long work. Run it with the old code first on the
+path for "before" (``PYTHONPATH=/path/to/old/checkout``). Loopback only; bounded by --requests and --timeout.
+
+    python benchmarks/serve_load.py --threads 1 --rounds 3         # CPU: olmoe-cpu shape, 2,000 requests
     python benchmarks/serve_load.py --requests 300 --threads 1     # a quicker look
     python benchmarks/serve_load.py --device cuda --shape olmoe-1b-7b
 """
@@ -91,12 +97,63 @@ def _client_process(url: str, requests: list[list[int]], expected_path: str, cli
     out.put({"elapsed": elapsed, "latencies": latencies, "answered": answered, "worst": worst, "failures": failures})
 
 
+def _probe_process(url: str, long_texts: list[str], short_texts: list[str], long_clients: int, per_request: int,
+                   probes: int, timeout: float, out: Any) -> None:
+    """Saturate with long requests, and time ``probes`` one-text requests sent one after the other."""
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def long_worker(client: httpx.AsyncClient, stop: asyncio.Event, seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            texts = [rng.choice(long_texts) for _ in range(per_request)]
+            response = await client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
+            if response.status_code != 200:
+                failures.append(f"long: {response.status_code}")
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=long_clients + 1, max_keepalive_connections=long_clients + 1)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+            stop = asyncio.Event()
+            loaders = [asyncio.ensure_future(long_worker(client, stop, i)) for i in range(long_clients)]
+            await asyncio.sleep(2.0)  # let the long requests fill the queue before the first probe
+            for i in range(probes):
+                started = time.perf_counter()
+                response = await client.post("/v1/embeddings", json={"input": short_texts[i % len(short_texts)],
+                                                                      "encoding_format": "base64"})
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    failures.append(f"probe: {response.status_code}")
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*loaders), timeout)
+
+    asyncio.run(main())
+    out.put({"latencies": latencies, "failures": failures})
+
+
+def _spawn(target: Any, args: tuple, timeout: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    process = context.Process(target=target, args=(*args, out))
+    process.start()
+    result = out.get(timeout=timeout + 60)
+    process.join(30)
+    return result
+
+
 def main() -> int:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=2000, help="requests sent (default: %(default)s)")
     p.add_argument("--clients", type=int, default=64, help="concurrent clients (default: %(default)s)")
     p.add_argument("--max-texts", type=int, default=32, help="texts per request, 1..N (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="server batching wait (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the median ratio (default: %(default)s)")
+    p.add_argument("--probes", type=int, default=0, help="short requests timed under long load (default: %(default)s)")
+    p.add_argument("--long-clients", type=int, default=8, help="clients sending long requests (default: %(default)s)")
+    p.add_argument("--long-texts", type=int, default=16, help="texts per long request (default: %(default)s)")
+    p.add_argument("--long-words", type=int, default=400, help="words per long text (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default: %(default)s)")
     args = p.parse_args()
     s = c.setup(args)
@@ -114,6 +171,10 @@ def main() -> int:
     model = c.build_model(s)
     tokenizer = c.build_tokenizer(model.config.vocab_size)
     corpus = c.make_corpus(s.corpus, model.config.vocab_size, s.seed)
+    long_corpus = c.make_corpus(c.CorpusSpec(64, args.long_words, 0.01, args.long_words, args.long_words),
+                                model.config.vocab_size, s.seed + 1)
+    s.corpus = c.CorpusSpec(s.corpus.docs, s.corpus.median_words, s.corpus.sigma, s.corpus.min_words,
+                            max(s.corpus.max_words, args.long_words))  # max_length covers the long texts
     emb = c.embedder(model, tokenizer, s, corpus)
     rng = random.Random(s.seed)
     requests = [[rng.randrange(len(corpus)) for _ in range(rng.randint(1, args.max_texts))] for _ in range(args.requests)]
@@ -123,12 +184,9 @@ def main() -> int:
     in_process_padded, _ = c.planned_tokens(lengths, s.batch_size, s.max_tokens_per_batch)
     c.emit(f"{args.requests} requests of 1-{args.max_texts} texts from {args.clients} clients: {len(flat):,} texts, "
            f"{tokens:,} tokens (prompt included); batches of at most {s.batch_size} rows, "
-           f"{s.max_tokens_per_batch} padded tokens")
+           f"{s.max_tokens_per_batch} padded tokens; {args.rounds} interleaved round(s)")
 
     emb.encode(flat[:64], show_progress_bar=False)  # warm-up
-    started = time.perf_counter()
-    emb.encode(flat, show_progress_bar=False)
-    in_process_s = time.perf_counter() - started
     expected = emb.encode(corpus, show_progress_bar=False)
 
     settings = ServeSettings(model_name="bench", max_inputs_per_request=max(2048, args.max_texts),
@@ -136,6 +194,7 @@ def main() -> int:
                                                  max_wait_ms=args.max_wait_ms, max_queue_inputs=1 << 20))
     app = create_app(emb, settings)
     port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     server = make_server(app, "127.0.0.1", port, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -144,49 +203,86 @@ def main() -> int:
     while not server.started:
         time.sleep(0.05)
 
+    metrics = app.state.metrics
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         expected_path = str(Path(tmp) / "expected.npy")
         np.save(expected_path, expected)
         Path(expected_path).with_suffix(".txt").write_text("\n".join(corpus))
-        context = multiprocessing.get_context("spawn")
-        out = context.Queue()
-        client = context.Process(target=_client_process,
-                                 args=(f"http://127.0.0.1:{port}", requests, expected_path, args.clients, args.timeout, out))
-        client.start()
-        result = out.get(timeout=args.timeout + 60)
-        client.join(30)
+        for r in range(args.rounds):
+            def in_process() -> float:
+                started = time.perf_counter()
+                emb.encode(flat, show_progress_bar=False)
+                return time.perf_counter() - started
+
+            def served() -> dict[str, Any]:
+                before = {k: metrics.sample(k) for k in ("moee_batch_size_count", "moee_batch_size_sum",
+                                                         "moee_batch_padded_tokens_total", "moee_batch_seconds_sum")}
+                result = _spawn(_client_process, (url, requests, expected_path, args.clients, args.timeout),
+                                args.timeout)
+                result.update({k: metrics.sample(k) - v for k, v in before.items()})
+                return result
+
+            if r % 2 == 0:
+                in_process_s, result = in_process(), served()
+            else:
+                result = served()
+                in_process_s = in_process()
+            result["in_process_s"] = in_process_s
+            result["ratio"] = in_process_s / result["elapsed"]
+            rounds.append(result)
+            c.emit(f"round {r + 1}: in-process {in_process_s:.2f} s, server {result['elapsed']:.2f} s, "
+                   f"ratio {result['ratio']:.3f}")
+        probe = None
+        if args.probes:
+            short = [corpus[i] for i in range(min(len(corpus), 64))]
+            probe = _spawn(_probe_process, (url, long_corpus, short, args.long_clients, args.long_texts, args.probes,
+                                            args.timeout), args.timeout)
     server.should_exit = True
     thread.join(60)
 
-    metrics = app.state.metrics
-    batches = metrics.sample("moee_batch_size_count")
-    mean_batch = metrics.sample("moee_batch_size_sum") / max(batches, 1)
-    latencies = np.asarray(result["latencies"]) * 1000
-    once = len(result["answered"]) == args.requests and set(result["answered"].values()) == {1}
-    server_s = result["elapsed"]
-    ratio = in_process_s / server_s
+    ratios = [r["ratio"] for r in rounds]
+    ratio = c.median(ratios)
+    last = rounds[-1]
+    batches = last["moee_batch_size_count"]
+    mean_batch = last["moee_batch_size_sum"] / max(batches, 1)
+    latencies = np.asarray([x for r in rounds for x in r["latencies"]]) * 1000
+    once = all(len(r["answered"]) == args.requests and set(r["answered"].values()) == {1} for r in rounds)
+    failures = [line for r in rounds for line in r["failures"]]
+    worst = max(r["worst"] for r in rounds)
+    in_process_s = c.median([r["in_process_s"] for r in rounds])
+    server_s = c.median([r["elapsed"] for r in rounds])
     rows = [
         ["in-process encode", f"{len(flat) / in_process_s:,.0f}", f"{tokens / in_process_s:,.0f}", "-", "-", "-"],
         ["moee serve", f"{len(flat) / server_s:,.0f}", f"{tokens / server_s:,.0f}", f"{np.percentile(latencies, 50):.0f}",
          f"{np.percentile(latencies, 99):.0f}", f"{mean_batch:.1f}"],
     ]
-    c.emit(c.table(["", "texts/s", "tokens/s", "p50 ms", "p99 ms", "mean batch"], rows))
-    server_padded = metrics.sample("moee_batch_padded_tokens_total")
-    busy = metrics.sample("moee_batch_seconds_sum") / server_s
+    c.emit(c.table(["(medians)", "texts/s", "tokens/s", "p50 ms", "p99 ms", "mean batch"], rows))
+    server_padded = last["moee_batch_padded_tokens_total"]
+    busy = last["moee_batch_seconds_sum"] / last["elapsed"]
     c.emit(f"real / padded tokens: in-process {tokens / in_process_padded:.0%}, server {tokens / server_padded:.0%}; "
-           f"server worker busy {busy:.0%} of the run (the rest: waiting for requests, or the CPU taken elsewhere)")
-    c.emit(f"answered exactly once: {once}; failures: {len(result['failures'])}; max |server - in-process| = "
-           f"{result['worst']:.2e}")
-    for line in result["failures"][:5]:
+           f"server forward passes busy {busy:.0%} of the last round")
+    c.emit(f"answered exactly once: {once}; failures: {len(failures)}; max |server - in-process| = {worst:.2e}")
+    for line in failures[:5]:
         c.emit(f"  {line}")
-    c.emit(f"SUMMARY server / in-process throughput = {ratio:.2f} (target >= 0.9 at saturation)")
-    c.emit_json({"requests": args.requests, "clients": args.clients, "texts": len(flat), "tokens": tokens,
-                 "in_process_s": in_process_s, "server_s": server_s, "p50_ms": float(np.percentile(latencies, 50)),
-                 "p99_ms": float(np.percentile(latencies, 99)), "mean_batch": mean_batch, "batches": batches,
-                 "in_process_padded_tokens": in_process_padded, "server_padded_tokens": server_padded,
-                 "ratio": ratio, "worker_busy": busy, "answered_once": once, "max_abs_diff": result["worst"],
-                 "failures": len(result["failures"])})
-    return 0 if once and not result["failures"] and result["worst"] <= 1e-5 else 1
+    c.emit(f"SUMMARY server / in-process throughput = {ratio:.2f} (median of {len(ratios)} interleaved rounds: "
+           f"{', '.join(f'{x:.3f}' for x in ratios)}; target >= 0.9 at saturation)")
+    payload: dict[str, Any] = {
+        "requests": args.requests, "clients": args.clients, "texts": len(flat), "tokens": tokens, "rounds": args.rounds,
+        "in_process_s": in_process_s, "server_s": server_s, "ratios": ratios, "ratio": ratio,
+        "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+        "mean_batch": mean_batch, "batches": batches, "in_process_padded_tokens": in_process_padded,
+        "server_padded_tokens": server_padded, "worker_busy": busy, "answered_once": once, "max_abs_diff": worst,
+        "failures": len(failures)}
+    if probe is not None:
+        probe_ms = np.asarray(probe["latencies"]) * 1000
+        c.emit(f"SUMMARY one-text request under saturation by {args.long_clients} clients x {args.long_texts} texts of "
+               f"{args.long_words} words: p50 {np.percentile(probe_ms, 50):.0f} ms, p99 {np.percentile(probe_ms, 99):.0f} "
+               f"ms over {len(probe_ms)} probes (failures: {len(probe['failures'])})")
+        payload.update(probe_p50_ms=float(np.percentile(probe_ms, 50)), probe_p99_ms=float(np.percentile(probe_ms, 99)),
+                       probes=len(probe_ms), probe_failures=len(probe["failures"]))
+    c.emit_json(payload)
+    return 0 if once and not failures and worst <= 1e-5 else 1
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from sentence_transformers.base.modules import InputModule  # noqa: E402
 
 from .core import MoEEmbedder, PromptTemplate, build_embedder, card, check_texts, options  # noqa: E402
 from .core.aliases import PREFIX, strip_prefix  # noqa: E402
-from .core.batching import tokenize  # noqa: E402
 from .core.chunking import chunked_features  # noqa: E402
 from .core.persistence import CONFIG_FILE, STATISTICS_FILE, WEIGHTS_DIR  # noqa: E402
 
@@ -123,10 +122,7 @@ class MoEEModule(InputModule):
         prompt template, at ``n`` tokens); any other processing setting is refused rather than silently ignored."""
         texts, _ = check_texts(list(inputs))
         max_length = _call_max_length(kwargs.get("processing_kwargs"))
-        if max_length is None:
-            token_ids = self.embedder.tokenize(texts, prompt=prompt)
-        else:
-            token_ids = tokenize(self.embedder.tokenizer, self.embedder.prompt_for(prompt), texts, max_length)
+        token_ids = self.embedder.tokenize(texts, prompt=prompt, max_length=max_length)
         input_ids, attention_mask = self.embedder.pad(token_ids)
         if self.embedder.long_texts == "chunk":  # the core splits and pools long texts itself (core/chunking.py)
             return {"input_ids": input_ids, "attention_mask": attention_mask, "moee_texts": texts, "moee_prompt": prompt}

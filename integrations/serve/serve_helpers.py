@@ -76,12 +76,12 @@ class GatedEmbedder:
         self.entered = threading.Event()
         self.calls = 0
 
-    def encode_token_ids(self, *args: Any, **kwargs: Any) -> Any:
+    def encode_batch(self, rows: Any) -> Any:
         self.calls += 1
         self.entered.set()
         if not self.gate.wait(30):
             raise TimeoutError("the test never opened the gate")
-        return self._embedder.encode_token_ids(*args, **kwargs)
+        return self._embedder.encode_batch(rows)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._embedder, name)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 
 import numpy as np
 import pytest
 from serve_helpers import MODEL_NAME, GatedEmbedder
 
-from moee_plugins.serve import BatchSettings, DynamicBatcher, NotReady, Overloaded
+from moee_plugins.serve import BatchFailed, BatchSettings, DynamicBatcher, NotReady, Overloaded
 
 
 class FakeEmbedder:
@@ -29,7 +28,7 @@ class FakeEmbedder:
         self.entered = threading.Event()
         self.calls: list[list[list[int]]] = []
 
-    def encode_token_ids(self, rows, batch_size=None, show_progress_bar=None):
+    def encode_batch(self, rows):
         self.calls.append([list(r) for r in rows])
         self.entered.set()
         assert self.gate.wait(10), "gate never opened"
@@ -53,11 +52,9 @@ def _check(result: np.ndarray, rows: list[list[int]]) -> None:
     np.testing.assert_array_equal(result, [[row[0], len(row)] for row in rows])
 
 
-def _wait_for(predicate, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
+def _wait_for(batcher: DynamicBatcher, predicate, timeout: float = 30) -> None:
+    """Wait on the batcher's own condition (signalled on every queue change), never a sleep."""
+    assert batcher.wait_until(predicate, timeout), "condition not reached"
 
 
 @pytest.fixture
@@ -140,8 +137,9 @@ def test_a_failing_batch_fails_only_its_requests(batchers):
     batcher, _ = batchers(max_batch_size=1)
     poisoned = batcher.submit([[999, 1]])
     healthy = batcher.submit(_rows(2, 2))
-    with pytest.raises(RuntimeError, match="poisoned"):
+    with pytest.raises(BatchFailed, match="failed on this request's input") as failure:
         poisoned.result(10)
+    assert "poisoned" in str(failure.value.__cause__)  # the cause stays server-side, for the log
     _check(healthy.result(10), _rows(2, 2))
     _check(batcher.submit(_rows(3, 1)).result(10), _rows(3, 1))
 
@@ -153,7 +151,7 @@ def test_close_finishes_accepted_requests_then_refuses(batchers):
     queued = batcher.submit(_rows(2, 3))
     closer = threading.Thread(target=batcher.close, args=(10,))
     closer.start()
-    _wait_for(lambda: batcher.closing)
+    _wait_for(batcher, lambda b: b.closing)
     with pytest.raises(NotReady, match="shutting down"):
         batcher.submit(_rows(3, 1))
     fake.gate.set()
@@ -211,7 +209,7 @@ def test_overload_is_503_with_retry_after_and_nothing_is_lost(serve_factory, tin
         first = pool.submit(client.post, "/v1/embeddings", json=body)
         assert gated.entered.wait(10)  # request 1 is in the model
         second = pool.submit(client.post, "/v1/embeddings", json=body)
-        _wait_for(lambda: running.app.state.batcher.queued_inputs == 4)  # request 2 fills the queue
+        _wait_for(running.app.state.batcher, lambda b: b.queued_inputs == 4)  # request 2 fills the queue
         refused = client.post("/v1/embeddings", json=body)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
@@ -231,10 +229,10 @@ def test_a_client_that_gives_up_does_not_disturb_others(serve_factory, tiny_embe
     with concurrent.futures.ThreadPoolExecutor(2) as pool, running.client() as client:
         blocker = pool.submit(client.post, "/v1/embeddings", json={"input": "first", "encoding_format": "float"})
         assert gated.entered.wait(10)
-        with running.client(timeout=0.3) as impatient, pytest.raises(httpx.TimeoutException):
-            impatient.post("/v1/embeddings", json={"input": ["never read"] * 3})
         kept = pool.submit(client.post, "/v1/embeddings", json={"input": ["kept a", "kept b"], "encoding_format": "float"})
-        time.sleep(0.2)
+        _wait_for(running.app.state.batcher, lambda b: b.queued_inputs == 2)  # queued behind the forward pass
+        with running.client(timeout=0.3) as impatient, pytest.raises(httpx.TimeoutException):
+            impatient.post("/v1/embeddings", json={"input": ["never read"] * 3})  # gives up while the model is busy
         gated.gate.set()
         response = kept.result(30)
         assert blocker.result(30).status_code == 200
@@ -255,9 +253,17 @@ def test_graceful_shutdown_finishes_accepted_requests(serve_factory, tiny_embedd
         futures = [post(texts[0])]
         assert gated.entered.wait(10)  # request 1 is in the model, the others queue behind it
         futures += [post(t) for t in texts[1:]]
-        _wait_for(lambda: running.app.state.batcher.queued_inputs == 4)  # all three accepted
+        _wait_for(running.app.state.batcher, lambda b: b.queued_inputs == 4)  # all three accepted
+        shutting_down = threading.Event()
+        shutdown = running.server.shutdown
+
+        async def shutdown_observed(*args, **kwargs):  # uvicorn's graceful shutdown has begun: it stops listening
+            shutting_down.set()
+            await shutdown(*args, **kwargs)
+
+        running.server.shutdown = shutdown_observed
         running.server.should_exit = True  # what SIGTERM does
-        time.sleep(0.3)
+        assert shutting_down.wait(30)
         gated.gate.set()
         for t, future in zip(texts, futures, strict=True):
             response = future.result(30)

@@ -1,5 +1,6 @@
-"""Bounded loopback load: 64 concurrent clients, a few hundred requests of 1-8 texts; every request is answered
-exactly once with its own vectors (equal to in-process encode), and requests really were merged into batches.
+"""Bounded loopback load: 64 concurrent clients, a few hundred requests of 1-8 texts; every request gets its own
+vectors in its own order (equal to in-process encode), every text is computed exactly once, the batch metrics
+count the forward passes the model really ran, and requests really were merged into batches.
 The full 2,000-request run with throughput figures is benchmarks/serve_load.py."""
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_concurrent_load_every_request_answered_once_with_its_own_vectors(serve_
     expected = tiny_embedder.encode(corpus)
     rng = random.Random(1)
     requests = [rng.sample(range(len(corpus)), rng.randint(1, 8)) for _ in range(REQUESTS)]
-    answers: dict[int, list[np.ndarray]] = {}
+    answers: dict[int, np.ndarray] = {}
 
     async def client_loop(queue: asyncio.Queue, client) -> None:
         while True:
@@ -44,8 +45,9 @@ def test_concurrent_load_every_request_answered_once_with_its_own_vectors(serve_
             response = await client.post("/v1/embeddings", json={"model": MODEL_NAME, "input": texts,
                                                                   "encoding_format": "float"})
             assert response.status_code == 200, response.text
-            answers.setdefault(request_id, []).append(
-                np.asarray([d["embedding"] for d in response.json()["data"]], dtype=np.float32))
+            data = response.json()["data"]
+            assert [d["index"] for d in data] == list(range(len(texts)))
+            answers[request_id] = np.asarray([d["embedding"] for d in data], dtype=np.float32)
 
     async def main() -> None:
         queue: asyncio.Queue = asyncio.Queue()
@@ -56,16 +58,23 @@ def test_concurrent_load_every_request_answered_once_with_its_own_vectors(serve_
                                      timeout=60, limits=limits) as client:
             await asyncio.wait_for(asyncio.gather(*(client_loop(queue, client) for _ in range(CLIENTS))), timeout=120)
 
+    passes = []  # the model's own forward calls: what really ran, whatever the server's metrics say
+    hook = tiny_embedder.model.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     started = time.perf_counter()
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        hook.remove()
     elapsed = time.perf_counter() - started
     assert sorted(answers) == list(range(REQUESTS))
     for request_id, got in answers.items():
-        assert len(got) == 1  # answered exactly once
-        np.testing.assert_allclose(got[0], expected[requests[request_id]], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got, expected[requests[request_id]], atol=1e-6, rtol=0)
     metrics = running.app.state.metrics
     batches = metrics.sample("moee_batch_size_count")
     inputs = sum(len(r) for r in requests)
-    assert metrics.sample("moee_batch_size_sum") == inputs  # every row computed once, none twice
+    assert sum(passes) == inputs  # every text went through the model once, none twice
+    assert batches == len(passes)  # the metrics count the forward passes that ran, not batches planned
+    assert metrics.sample("moee_batch_size_sum") == inputs
     assert batches < REQUESTS / 2, f"{batches} forward passes for {REQUESTS} requests: requests were not merged"
     print(f"{REQUESTS} requests / {inputs} texts in {elapsed:.1f} s; mean batch {inputs / batches:.1f} texts")

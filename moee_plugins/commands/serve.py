@@ -19,6 +19,7 @@ from ._options import add_model_options, check_positive, embedder_kwargs
 
 API_KEY_ENV = "MOEE_API_KEY"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BATCH_DEFAULTS = {"max_queue_tokens": 1 << 20, "stall_after_s": 120.0}  # as moee_plugins.serve.BatchSettings
 
 
 
@@ -50,6 +51,16 @@ def register(subparsers: Any) -> None:
     net.add_argument("--max-queue-inputs", type=int, default=8192,
                      help="texts allowed to wait for the model; beyond it requests get 503 + Retry-After "
                      "(default: %(default)s)")
+    net.add_argument("--max-queue-tokens", type=int, default=BATCH_DEFAULTS["max_queue_tokens"],
+                     help="tokens allowed to wait for the model; beyond it requests get 503 + Retry-After "
+                     "(default: %(default)s)")
+    net.add_argument("--request-timeout", type=float, default=300.0,
+                     help="seconds a request may take (tokenising, queueing, the model); past it: 504 and its "
+                     "remaining work is dropped (default: %(default)s)")
+    net.add_argument("--stall-timeout", type=float, default=BATCH_DEFAULTS["stall_after_s"],
+                     help="a forward pass running longer makes GET /health answer 503 'stalled' (default: %(default)s)")
+    net.add_argument("--tokenizer-threads", type=int, default=2,
+                     help="threads tokenising requests, shared round-robin between them (default: %(default)s)")
     net.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ray_options = parser.add_argument_group("--engine ray")
     ray_options.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -67,16 +78,22 @@ def settings_from(args: argparse.Namespace) -> Any:
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be a positive integer <= 65535, got {args.port}")
-    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size")
+    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size",
+                   "max_queue_tokens", "tokenizer_threads")
+    for flag in ("request_timeout", "stall_timeout"):
+        if not getattr(args, flag) > 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}")
     budget = args.max_batch_tokens or args.max_tokens_per_batch or 8192
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
         batch = BatchSettings(max_batch_tokens=budget, max_batch_size=args.batch_size or BatchSettings.max_batch_size,
                               max_wait_ms=args.max_wait_ms,
-                              max_queue_inputs=args.max_queue_inputs)
+                              max_queue_inputs=args.max_queue_inputs, max_queue_tokens=args.max_queue_tokens,
+                              stall_after_s=args.stall_timeout)
         return ServeSettings(model_name=args.served_model_name or args.model, api_key=api_key,
                              max_inputs_per_request=args.max_inputs_per_request,
-                             max_request_bytes=args.max_request_bytes, batch=batch)
+                             max_request_bytes=args.max_request_bytes, batch=batch,
+                             request_timeout_s=args.request_timeout, tokenizer_threads=args.tokenizer_threads)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

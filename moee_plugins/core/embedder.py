@@ -13,7 +13,7 @@ import torch
 from . import options as opts
 from . import persistence
 from .aliases import ModelAlias
-from .batching import tokenize
+from .batching import tokenize, tokenize_marking_truncated
 from .chunking import encode_chunked
 from .construction import check_arguments, load_model_and_tokenizer
 from .engine import Engine, token_id_rows
@@ -142,10 +142,18 @@ class MoEEmbedder:
         """
         return instruction_template(self.prompt, prompt)
 
-    def tokenize(self, texts: Sequence[str], prompt: str | PromptTemplate | None = None) -> list[list[int]]:
-        """Token ids the model will see for each text (prompt applied, truncated inside the prompt)."""
+    def tokenize(self, texts: Sequence[str], prompt: str | PromptTemplate | None = None, *,
+                 max_length: int | None = None) -> list[list[int]]:
+        """Token ids the model will see for each text (prompt applied, truncated inside the prompt at
+        ``max_length``, default the embedder's); each text is cut by characters first, so the work is bounded."""
+        return self.tokenize_marking_truncated(texts, prompt, max_length=max_length)[0]
+
+    def tokenize_marking_truncated(self, texts: Sequence[str], prompt: str | PromptTemplate | None = None, *,
+                                   max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
+        """:meth:`tokenize`, and the indices of the texts that were cut to ``max_length`` (one tokenizer pass)."""
         items, _ = check_texts(texts)
-        return tokenize(self.tokenizer, self.prompt_for(prompt), items, self.max_length)
+        limit = self.max_length if max_length is None else opts.check_positive_int(max_length, "max_length")
+        return tokenize_marking_truncated(self.tokenizer, self.prompt_for(prompt), items, limit)
 
     def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` padded the way :meth:`encode_features` expects them."""

@@ -34,8 +34,10 @@ class MoEEServeReplica:
     def check_health(self) -> None:
         """Ray Serve restarts a replica whose worker died."""
         batcher = self._app.state.batcher if self._app is not None else None
-        if batcher is not None and (batcher.load_error is not None or not batcher.worker_alive):
-            raise RuntimeError(f"moee serve replica: the worker stopped ({batcher.load_error})")
+        if batcher is not None:
+            state, reason = batcher.health()
+            if state in ("error", "stopped", "stalled"):
+                raise RuntimeError(f"moee serve replica: {reason}")
 
 
 def deployment(model: str, settings: ServeSettings, *, replicas: int = 1, num_cpus: float | None = None,

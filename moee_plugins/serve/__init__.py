@@ -12,6 +12,7 @@ Needs ``pip install "moee-plugins[serve]"`` (FastAPI, uvicorn, prometheus-client
 from __future__ import annotations
 
 from .app import ApiError, ServeSettings, create_app
-from .batcher import BatchSettings, DynamicBatcher, NotReady, Overloaded
+from .batcher import BatchFailed, BatchSettings, DynamicBatcher, NotReady, Overloaded, WorkerStopped
 
-__all__ = ["ApiError", "BatchSettings", "DynamicBatcher", "NotReady", "Overloaded", "ServeSettings", "create_app"]
+__all__ = ["ApiError", "BatchFailed", "BatchSettings", "DynamicBatcher", "NotReady", "Overloaded", "ServeSettings",
+           "WorkerStopped", "create_app"]

@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +23,9 @@ import numpy as np
 
 from .._extras import require
 from ..core.chunking import encode_request
-from .batcher import BatchSettings, DynamicBatcher, NotReady, Overloaded
+from .batcher import BatchFailed, BatchSettings, DynamicBatcher, NotReady, Overloaded, WorkerStopped
 from .metrics import ServerMetrics
+from .tokenizing import TokenizerPool
 
 logger = logging.getLogger("moee_plugins")
 
@@ -32,7 +33,6 @@ ROUTES = ("/v1/embeddings", "/v1/models", "/similarity", "/health", "/metrics")
 ENCODING_FORMATS = ("float", "base64")
 TRUNCATED_HEADER = "X-MoEE-Truncated"  # how many inputs were cut to max_length tokens
 TRUNCATED_INDICES_HEADER = "X-MoEE-Truncated-Indices"  # which ones (the first 256)
-_TRUNCATION_SLACK = 16  # a cut row may end a few tokens short of max_length (merges across the cut are shaved)
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,18 @@ class ServeSettings:
     max_request_bytes: int = 8 * 1024 * 1024
     retry_after_s: int = 1
     batch: BatchSettings = field(default_factory=BatchSettings)
+    request_timeout_s: float = 300.0  # tokenising + queueing + the model; past it: 504 and the rows are dropped
+    tokenizer_threads: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ValueError("model_name must be a non-empty string")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
-        for name in ("max_inputs_per_request", "max_request_bytes", "retry_after_s"):
+        if isinstance(self.request_timeout_s, bool) or not isinstance(self.request_timeout_s, (int, float)) \
+                or not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s!r}")
+        for name in ("max_inputs_per_request", "max_request_bytes", "retry_after_s", "tokenizer_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -123,34 +128,6 @@ def _encoding_format(body: dict[str, Any]) -> str:
     return fmt
 
 
-# ---------------------------------------------------------------------------------------------- tokens
-class PromptTokenizer:
-    """The embedder's tokenisation (prompt applied, cut inside the prompt) plus which inputs were cut.
-
-    Runs in the request's thread, so tokenising overlaps the worker's forward passes; one lock because a
-    Rust tokenizer must not be entered by two threads at once.
-    """
-
-    def __init__(self, embedder: Any) -> None:
-        self._embedder = embedder
-        self._lock = threading.Lock()
-
-    def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
-        from ..core.batching import tokenize_marking_truncated
-
-        embedder = self._embedder
-        limit = embedder.max_length
-        with self._lock:
-            ids = embedder.tokenize(texts)
-            candidates = [i for i, row in enumerate(ids) if len(row) >= limit - _TRUNCATION_SLACK]
-            truncated: list[int] = []
-            if candidates:  # whether the whole prompt is longer than max_length, from a bounded prefix of each text
-                _, cut = tokenize_marking_truncated(embedder.tokenizer, embedder.prompt, [texts[i] for i in candidates],
-                                                    limit)
-                truncated = [candidates[j] for j in cut]
-        return ids, truncated
-
-
 # ---------------------------------------------------------------------------------------------- app
 class _RequestMetrics:
     """ASGI middleware counting every answered request by route and status, with its latency."""
@@ -181,6 +158,13 @@ class _ClientGone(Exception):
     pass
 
 
+def _incident(what: str, exc: BaseException | None = None) -> str:
+    """Log an internal failure under a fresh id and return the id: clients get the id, never the details."""
+    incident = uuid.uuid4().hex[:12]
+    logger.error("moee serve: %s [incident %s]", what, incident, exc_info=exc)
+    return incident
+
+
 async def _read_json(request: Any, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -206,6 +190,53 @@ async def _read_json(request: Any, limit: int) -> dict[str, Any]:
 def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(413, f"the request body has {size} bytes or more; this server takes at most {limit} "
                     "(--max-request-bytes): send fewer or shorter texts per request", code="request_too_large")
+
+
+def _embeddings_json(vectors: np.ndarray, fmt: str, model_name: str, tokens: int) -> bytes:
+    """OpenAI's embeddings response, serialised in a thread: neither the event loop nor the model waits on it."""
+    if fmt == "base64":
+        little = vectors.astype("<f4", copy=False)
+        items: list[Any] = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    else:
+        items = vectors.tolist()
+    data = [{"object": "embedding", "index": i, "embedding": item} for i, item in enumerate(items)]
+    payload = {"object": "list", "data": data, "model": model_name,
+               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def _until_done(request: Any, future: Any, deadline: float, metrics: ServerMetrics) -> Any:
+    """The result of a worker's future; the client going away (its work is dropped, nobody else's), the
+    deadline passing (504) and a failure of the model on this request (a generic error naming an incident id)
+    are answered here."""
+    waiter = asyncio.wrap_future(future)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({waiter, watcher}, timeout=max(0.0, deadline - time.monotonic()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if waiter not in done:
+        future.cancel()  # now, not when the loop gets to it: its rows must not be picked for a forward pass
+        waiter.cancel()
+        if watcher in done:
+            raise _ClientGone
+        metrics.timeouts.inc()
+        raise ApiError(504, "the request was not answered within the server's time limit (--request-timeout): "
+                       "retry later or send fewer texts per request", kind="server_error", code="timeout")
+    try:
+        return waiter.result()
+    except WorkerStopped:
+        raise ApiError(503, "the model worker stopped; the server must be restarted", kind="server_error",
+                       code="worker_stopped") from None
+    except BatchFailed as exc:
+        incident = _incident(f"a request failed: {exc}", exc.__cause__ or exc.__context__)
+        raise ApiError(500, f"the model could not embed this request's input (incident {incident})",
+                       kind="server_error", code="embedding_failed") from None
+    except Exception as exc:
+        incident = _incident("a request failed", exc)
+        raise ApiError(500, f"internal server error (incident {incident}, logged by the server)", kind="server_error",
+                       code="internal_error") from None
 
 
 async def _until_disconnect(request: Any) -> None:
@@ -234,7 +265,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         settings = ServeSettings(model_name=str(embedder.config.get("model") or "moee"))
     metrics = ServerMetrics()
     batcher = DynamicBatcher(embedder, settings.batch, observer=metrics)
-    tokenizer: list[PromptTokenizer] = []  # made on the first request (the embedder may still be loading before)
+    tokenizer: list[TokenizerPool] = []  # made on the first request (the embedder may still be loading before)
     key_digest = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
     retry = {"Retry-After": str(settings.retry_after_s)}
     created = int(time.time())
@@ -244,6 +275,8 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         yield
         logger.info("moee serve: shutting down; finishing %d queued inputs", batcher.queued_inputs)
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+        for pool in tokenizer:
+            pool.close()
 
     app = fastapi.FastAPI(title="moee serve", summary="MoEE embeddings, OpenAI-compatible", lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
@@ -260,8 +293,9 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
 
     @app.exception_handler(Exception)
     async def _server_error(_request: Any, exc: Exception) -> Any:
-        logger.exception("moee serve: internal error")
-        error = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
+        incident = _incident("internal error", exc)
+        error = ApiError(500, f"internal server error (incident {incident}, logged by the server)", kind="server_error",
+                         code="internal_error")
         return JSONResponse(error.body(), status_code=500)
 
     def authorize(request: fastapi.Request) -> None:
@@ -278,9 +312,12 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             return batcher.embedder
         if batcher.closing:
             raise ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down", headers=retry)
+        state, reason = batcher.health()
         if batcher.load_error is not None:
-            raise ApiError(503, f"the model failed to load: {batcher.load_error}", kind="server_error",
+            raise ApiError(503, "the model failed to load (see the server log)", kind="server_error",
                            code="model_load_failed")
+        if state == "stopped":
+            raise ApiError(503, reason or "the model worker stopped", kind="server_error", code="worker_stopped")
         raise ApiError(503, "the model is still loading; retry shortly", kind="server_error", code="loading",
                        headers=retry)
 
@@ -315,9 +352,10 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             metrics.inputs.inc(len(texts))
             metrics.tokens.inc(tokens)
             return vectors, tokens, []
-        if not tokenizer:
-            tokenizer.append(PromptTokenizer(embedder))
-        token_ids, truncated = await concurrency.run_in_threadpool(tokenizer[0], texts)
+        deadline = time.monotonic() + settings.request_timeout_s
+        if not tokenizer:  # no await in between: one pool, however many first requests arrive together
+            tokenizer.append(TokenizerPool(embedder, settings.tokenizer_threads))
+        token_ids, truncated = await _until_done(request, tokenizer[0].submit(texts), deadline, metrics)
         try:
             future = batcher.submit(token_ids, dimensions)
         except Overloaded as exc:
@@ -326,16 +364,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
                            kind="server_error", code="overloaded", headers=retry) from None
         except NotReady as exc:
             raise ApiError(503, str(exc), kind="server_error", code="not_ready", headers=retry) from None
-        waiter = asyncio.wrap_future(future)
-        watcher = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if waiter not in done:  # the client went away: its rows are dropped, nobody else's
-            waiter.cancel()
-            raise _ClientGone
-        vectors = waiter.result()
+        vectors = await _until_done(request, future, deadline, metrics)
         tokens = sum(len(row) for row in token_ids)
         metrics.inputs.inc(len(texts))
         metrics.tokens.inc(tokens)
@@ -361,16 +390,8 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             vectors, tokens, truncated = await embed(request, embedder, texts, dimensions)
         except _ClientGone:
             return Response(status_code=499)
-        if fmt == "base64":
-            little = vectors.astype("<f4", copy=False)
-            items = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
-        else:
-            items = vectors.tolist()
-        data = [{"object": "embedding", "index": i, "embedding": item} for i, item in enumerate(items)]
-        payload = {"object": "list", "data": data, "model": settings.model_name,
-                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json",
-                        headers=truncation_headers(truncated))
+        content = await concurrency.run_in_threadpool(_embeddings_json, vectors, fmt, settings.model_name, tokens)
+        return Response(content, media_type="application/json", headers=truncation_headers(truncated))
 
     @app.post("/similarity", dependencies=[fastapi.Depends(authorize)])
     async def similarity(request: fastapi.Request) -> Any:
@@ -403,12 +424,13 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
 
     @app.get("/health")
     async def health() -> Any:
-        if batcher.ready:
-            return {"status": "ok", "model": settings.model_name}
-        state = "shutting_down" if batcher.closing else "loading" if batcher.load_error is None else "error"
-        body: dict[str, Any] = {"status": state, "model": settings.model_name}
-        if batcher.load_error is not None:
-            body["message"] = str(batcher.load_error)
+        """200 while the worker is alive and making progress; 503 with a reason when it is loading, failed,
+        stopped, stalled on one forward pass past --stall-timeout, or shutting down."""
+        state, reason = batcher.health()
+        if state == "ok":
+            return {"status": state, "model": settings.model_name}
+        body = {"status": state, "model": settings.model_name, "message": reason,
+                "queued_inputs": batcher.queued_inputs, "forward_passes": batcher.forward_passes}
         return JSONResponse(body, status_code=503, headers=retry)
 
     @app.get("/metrics", dependencies=[fastapi.Depends(authorize)])

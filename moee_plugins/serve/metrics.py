@@ -33,12 +33,17 @@ class ServerMetrics:
         self.queue_seconds = histogram("moee_queue_seconds", "time a request waits before its first row is batched",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_inputs = gauge("moee_queue_inputs", "texts waiting for the model", registry=r)
+        self.queue_tokens = gauge("moee_queue_tokens", "tokens waiting for the model", registry=r)
+        self.failures = counter("moee_failures", "forward passes or combinations that failed (then retried per "
+                                "request)", ["stage"], registry=r)
+        self.timeouts = counter("moee_request_timeouts", "requests not answered within --request-timeout", registry=r)
+        # one observation per forward pass that actually ran (encode_batch call), so _count is the pass count
         self.batch_size = histogram("moee_batch_size", "texts per forward pass", buckets=_SIZE_BUCKETS, registry=r)
         self.batch_tokens = histogram("moee_batch_tokens", "real tokens per forward pass", buckets=_TOKEN_BUCKETS,
                                       registry=r)
         self.batch_padded_tokens = counter("moee_batch_padded_tokens", "padded tokens (rows x longest) computed",
                                            registry=r)
-        self.batch_seconds = histogram("moee_batch_seconds", "time of one forward pass and combination",
+        self.batch_seconds = histogram("moee_batch_seconds", "time of one forward pass",
                                        buckets=_LATENCY_BUCKETS, registry=r)
 
     # BatchObserver
@@ -51,8 +56,12 @@ class ServerMetrics:
     def observe_queue(self, seconds: float) -> None:
         self.queue_seconds.observe(seconds)
 
-    def set_queue_depth(self, inputs: int) -> None:
+    def set_queue_depth(self, inputs: int, tokens: int) -> None:
         self.queue_inputs.set(inputs)
+        self.queue_tokens.set(tokens)
+
+    def observe_failure(self, stage: str) -> None:
+        self.failures.labels(stage=stage).inc()
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
