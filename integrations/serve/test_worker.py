@@ -199,6 +199,9 @@ class TokenizerCalls:
             def __getattr__(self, name):
                 return getattr(embedder.tokenizer, name)
 
+            def __len__(self):
+                return len(embedder.tokenizer)
+
         self.tokenizer = Tokenizer()
 
     def tokenize_marking_truncated(self, texts, prompt=None):
