@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
                      "(default: %(default)s)")
     net.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     api = parser.add_argument_group("requests")
-    api.add_argument("--prompt", action="append", default=[], metavar="NAME=PROMPT",
+    api.add_argument("--named-prompt", action="append", default=[], metavar="NAME=PROMPT", dest="named_prompts",
                      help="a named prompt requests pick with \"prompt_name\" or \"input_type\" (repeatable): an "
                      "instruction such as 'query: ', a preset (prompteol, none, raw) or a template with {text}; "
                      "'query' and 'document' exist by default as the model's own prompt (rerank uses both)")
@@ -88,7 +88,7 @@ def _named_prompts(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, prompt = pair.partition("=")
         if not sep or not name.strip():
-            raise UsageError(f"--prompt takes NAME=PROMPT (e.g. --prompt 'query=query: '), got {pair!r}")
+            raise UsageError(f"--named-prompt takes NAME=PROMPT (e.g. --named-prompt 'query=query: '), got {pair!r}")
         prompts[name.strip()] = prompt
     return prompts
 
@@ -121,7 +121,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         return ServeSettings(model_name=args.served_model_name or served_name(args.model), api_key=api_key,
                              max_inputs_per_request=args.max_inputs_per_request,
                              max_request_bytes=args.max_request_bytes, batch=batch,
-                             prompts=_named_prompts(args.prompt), docs=args.docs, cors_origins=tuple(args.cors_origin))
+                             prompts=_named_prompts(args.named_prompts), docs=args.docs, cors_origins=tuple(args.cors_origin))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -203,7 +203,7 @@ def prompt_name(body: Mapping[str, Any], prompts: Mapping[str, Any]) -> str | No
     field, name = next(iter(given.items()))
     if not isinstance(name, str) or name not in prompts:
         raise ApiError(400, f"'{field}' {shown(name)} is not a prompt of this server; it knows {sorted(prompts)} "
-                       "(add more with --prompt NAME=PROMPT)", param=field, code="unknown_prompt")
+                       "(add more with --named-prompt NAME=PROMPT)", param=field, code="unknown_prompt")
     return name
 
 
