@@ -119,6 +119,11 @@ class PromptTokenizer:
                 truncated = [i for i, row in zip(candidates, whole, strict=True) if len(row) > limit]
         return ids, truncated
 
+    def locked(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Other tokenizer work (decoding token ids, counting a refused input's tokens) under the same lock."""
+        with self._lock:
+            return work(*args)
+
 
 # ---------------------------------------------------------------------------------------------- app
 class _RequestMetrics:
@@ -245,15 +250,20 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         raise ApiError(400, f"dimensions={shown(value)} is not available: ask for {offer}", param="dimensions",
                        code="unsupported_dimensions")
 
+    def tokenizer_of(embedder: Any) -> PromptTokenizer:
+        if not tokenizer:
+            tokenizer.append(PromptTokenizer(embedder))
+        return tokenizer[0]
+
     async def embed(request: Any, embedder: Any, texts: list[str], dimensions: int | None, *,
                     prompt: str | None = None, truncate: bool = True) -> tuple[np.ndarray, int, list[int]]:
         """Vectors (input order), tokens used and the indices of truncated inputs, via the batcher.
         ``prompt``: as :meth:`MoEEmbedder.prompt_for` takes it; ``truncate=False`` refuses over-long inputs."""
-        if not tokenizer:
-            tokenizer.append(PromptTokenizer(embedder))
-        token_ids, truncated = await concurrency.run_in_threadpool(tokenizer[0], texts, prompt)
+        guard = tokenizer_of(embedder)
+        token_ids, truncated = await concurrency.run_in_threadpool(guard, texts, prompt)
         if not truncate:
-            await concurrency.run_in_threadpool(refuse_truncated, embedder, embedder.prompt_for(prompt), texts, truncated)
+            await concurrency.run_in_threadpool(guard.locked, refuse_truncated, embedder, embedder.prompt_for(prompt),
+                                                texts, truncated)
         try:
             future = batcher.submit(token_ids, dimensions)
         except Overloaded as exc:
@@ -306,7 +316,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             check_token_ids(items, vocabulary_size(embedder))
             if not truncate:
                 refuse_long_token_ids(embedder, items)
-            texts = await concurrency.run_in_threadpool(texts_of, embedder, items)
+            texts = await concurrency.run_in_threadpool(tokenizer_of(embedder).locked, texts_of, embedder, items)
         else:
             texts = items
         try:
