@@ -39,7 +39,7 @@ def _error(response, status: int, fragment: str, code: str | None = None) -> dic
         ({"input": "a", "truncate": "no"}, "'truncate' must be true or false, got 'no'", "truncate"),
         ({"input": "a", "prompt_name": "querry"}, "'prompt_name' 'querry' is not a prompt of this server; it knows "
          "['document', 'query']", "prompt_name"),
-        ({"input": "a", "input_type": ["query"]}, "'input_type' a list is not a prompt of this server", "input_type"),
+        ({"input": "a", "input_type": ["query"]}, "'input_type' must be a string naming a prompt, got a list", "input_type"),
         ({"input": "a", "input_type": "query", "prompt_name": "document"}, "name different prompts", "prompt_name"),
         ({"input": "a", "encoding_format": ["float"]}, "'encoding_format' must be one of", "encoding_format"),
         ({"input": "a", "encoding_format": "int8"}, "'encoding_format' must be one of", "encoding_format"),

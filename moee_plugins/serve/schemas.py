@@ -201,7 +201,9 @@ def prompt_name(body: Mapping[str, Any], prompts: Mapping[str, Any]) -> str | No
         raise ApiError(400, "'prompt_name' and 'input_type' name different prompts: send one of them",
                        param="prompt_name")
     field, name = next(iter(given.items()))
-    if not isinstance(name, str) or name not in prompts:
+    if not isinstance(name, str):
+        raise ApiError(400, f"'{field}' must be a string naming a prompt, got {json_type(name)}", param=field)
+    if name not in prompts:
         raise ApiError(400, f"'{field}' {shown(name)} is not a prompt of this server; it knows {sorted(prompts)} "
                        "(add more with --named-prompt NAME=PROMPT)", param=field, code="unknown_prompt")
     return name
