@@ -155,6 +155,23 @@ def test_slow_headers_and_half_sent_bodies_are_disconnected(serve_factory, tiny_
         assert client.post("/v1/embeddings", json=GOOD).status_code == 200
 
 
+def test_endless_headers_are_cut_off(serve_factory, tiny_embedder):
+    """Headers past max_header_bytes end the connection (httptools would buffer them without a limit)."""
+    running = serve_factory(tiny_embedder, limits=HttpLimits(max_header_bytes=16 * 1024))
+    for _ in range(3):
+        with _connect(running.url, 20) as sock:
+            sent = 0
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+                while sent < 64 * 1024 * 1024:  # stops when the server closes (long before this bound)
+                    sock.sendall(b"a" * 65536)
+                    sent += 65536
+            assert sent < 64 * 1024 * 1024
+            assert _closed_by_server(sock)
+    with running.client() as client:
+        assert client.post("/v1/embeddings", json=GOOD, headers={"X-Fine": "b" * 8000}).status_code == 200
+
+
 def test_connections_beyond_the_cap_are_closed(serve_factory, tiny_embedder):
     running = serve_factory(tiny_embedder, limits=HttpLimits(max_connections=3, timeout_keep_alive_s=60))
     held = []

@@ -82,6 +82,7 @@ def test_moee_serve_subprocess_answers_then_stops_on_sigterm(tiny_model_dir, tin
         (["--layers", "a,b"], "--layers must be comma-separated integers"),
         (["--timeout-read", "0"], "--timeout-read must be a number of seconds in (0, 3600]"),
         (["--max-connections", "0"], "--max-connections must be a positive integer"),
+        (["--max-header-bytes", "0"], "--max-header-bytes must be a positive integer"),
         (["--limit-concurrency", "0"], "--limit-concurrency must be a positive integer"),
         (["--named-prompt", "query"], "--named-prompt takes NAME=PROMPT"),
         (["--named-prompt", "=x"], "--named-prompt takes NAME=PROMPT"),
@@ -100,13 +101,14 @@ def test_serve_flags_become_settings_and_limits(tiny_model_dir):
 
     args = build_parser().parse_args(["serve", "--model", str(tiny_model_dir), "--named-prompt", "query=query: ",
                                       "--named-prompt", "title=Title: {text}", "--docs", "--cors-origin", "https://a.example",
-                                      "--timeout-read", "2.5", "--max-connections", "7", "--timeout-keep-alive", "9",
+                                      "--timeout-read", "2.5", "--max-connections", "7",
+                                      "--max-header-bytes", "4096", "--timeout-keep-alive", "9",
                                       "--limit-concurrency", "11"])
     settings, limits = settings_from(args), limits_from(args)
     assert settings.model_name == tiny_model_dir.name  # the folder's name, not its path
     assert settings.prompts == {"query": "query: ", "document": None, "title": "Title: {text}"}
     assert settings.docs and settings.cors_origins == ("https://a.example",)
-    assert (limits.timeout_read_s, limits.max_connections, limits.timeout_keep_alive_s, limits.limit_concurrency) == (
-        2.5, 7, 9, 11)
+    assert (limits.timeout_read_s, limits.max_header_bytes, limits.max_connections, limits.timeout_keep_alive_s,
+            limits.limit_concurrency) == (2.5, 4096, 7, 9, 11)
     plain = settings_from(build_parser().parse_args(["serve", "--model", str(tiny_model_dir)]))
     assert not plain.docs and plain.cors_origins == () and plain.prompts == {"query": None, "document": None}

@@ -66,6 +66,8 @@ def register(subparsers: Any) -> None:
     limits.add_argument("--timeout-read", type=float, default=30.0,
                         help="seconds a request's headers and body may take to arrive; slower ones are "
                         "disconnected (default: %(default)s)")
+    limits.add_argument("--max-header-bytes", type=int, default=64 * 1024,
+                        help="largest request headers; longer ones end the connection (default: %(default)s)")
     limits.add_argument("--max-connections", type=int, default=1024,
                         help="open connections; more are closed as they arrive (default: %(default)s)")
     limits.add_argument("--timeout-keep-alive", type=int, default=5,
@@ -97,10 +99,11 @@ def limits_from(args: argparse.Namespace) -> Any:
     """The connection limits the flags describe (``UsageError`` on a bad value)."""
     from ..serve.http import HttpLimits
 
-    check_positive(args, "max_connections", "timeout_keep_alive", "limit_concurrency")
+    check_positive(args, "max_header_bytes", "max_connections", "timeout_keep_alive", "limit_concurrency")
     if not 0 < args.timeout_read <= 3600:
         raise UsageError(f"--timeout-read must be a number of seconds in (0, 3600], got {args.timeout_read}")
-    return HttpLimits(timeout_read_s=args.timeout_read, max_connections=args.max_connections,
+    return HttpLimits(timeout_read_s=args.timeout_read, max_header_bytes=args.max_header_bytes,
+                      max_connections=args.max_connections,
                       timeout_keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
 
 

@@ -22,12 +22,14 @@ class HttpLimits:
     """Connection-level limits of one server (flags of ``moee serve``).
 
     ``timeout_read_s``: a request's headers and body must arrive within this many seconds of its first byte
-    (else the connection is closed); ``max_connections``: connections beyond it are closed when accepted;
+    (else the connection is closed); ``max_header_bytes``: a request whose headers are longer is disconnected
+    (httptools buffers headers without a limit); ``max_connections``: connections beyond it are closed when accepted;
     ``timeout_keep_alive_s`` and ``limit_concurrency``: uvicorn's own (idle keep-alive connections are closed
     after it; beyond ``limit_concurrency`` connections or requests in flight, new requests get 503).
     """
 
     timeout_read_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
     max_connections: int = 1024
     timeout_keep_alive_s: int = 5
     limit_concurrency: int | None = None
@@ -36,7 +38,7 @@ class HttpLimits:
         if isinstance(self.timeout_read_s, bool) or not isinstance(self.timeout_read_s, (int, float)) \
                 or not 0 < self.timeout_read_s <= 3600:
             raise ValueError(f"timeout_read_s must be a number of seconds in (0, 3600], got {self.timeout_read_s!r}")
-        for name in ("max_connections", "timeout_keep_alive_s", "limit_concurrency"):
+        for name in ("max_header_bytes", "max_connections", "timeout_keep_alive_s", "limit_concurrency"):
             value = getattr(self, name)
             if value is None and name == "limit_concurrency":
                 continue
@@ -45,13 +47,15 @@ class HttpLimits:
 
 
 def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools or h11, as uvicorn would pick) with a per-request read deadline and a
-    connection cap. The deadline runs from a request's first byte until its body is complete; it is not armed
-    while the app computes or answers, nor on an idle keep-alive connection (uvicorn's own timeout)."""
+    """uvicorn's HTTP protocol (httptools or h11, as uvicorn would pick) with a per-request read deadline, a cap
+    on header bytes and a connection cap. The deadline runs from a request's first byte until its body is
+    complete; it is not armed while the app computes or answers, nor on an idle keep-alive connection (uvicorn's
+    own timeout)."""
     auto = require("uvicorn.protocols.http.auto", "serve", feature="moee serve")
 
     class GuardedHTTPProtocol(auto.AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _read_deadline: asyncio.TimerHandle | None = None
+        _header_bytes = 0  # bytes received while the current request's headers are incomplete
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -61,7 +65,15 @@ def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            awaiting_headers = self._awaiting_headers()
             super().data_received(data)
+            if self._awaiting_headers():  # every byte so far belongs to unfinished headers
+                self._header_bytes = self._header_bytes + len(data) if awaiting_headers else len(data)
+                if self._header_bytes > limits.max_header_bytes and not self.transport.is_closing():
+                    self.transport.close()
+                    return
+            else:
+                self._header_bytes = 0
             if self._reading():
                 if self._read_deadline is None:
                     self._arm()
@@ -72,10 +84,13 @@ def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
             self._disarm()
             super().connection_lost(exc)
 
+        def _awaiting_headers(self) -> bool:
+            cycle = self.cycle
+            return cycle is None or cycle.response_complete
+
         def _reading(self) -> bool:
             """Whether a request is still arriving: headers not complete yet, or its body not complete."""
-            cycle = self.cycle
-            return cycle is None or cycle.response_complete or cycle.more_body
+            return self._awaiting_headers() or self.cycle.more_body
 
         def _arm(self) -> None:
             self._read_deadline = asyncio.get_running_loop().call_later(limits.timeout_read_s, self._expired)

@@ -32,7 +32,8 @@ def make_server(app: Any, host: str = "127.0.0.1", port: int = 8080, *, log_leve
     limits = limits or HttpLimits()
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=graceful_timeout_s, lifespan="on", http=guarded_protocol(limits),
-                            timeout_keep_alive=limits.timeout_keep_alive_s, limit_concurrency=limits.limit_concurrency)
+                            timeout_keep_alive=limits.timeout_keep_alive_s, limit_concurrency=limits.limit_concurrency,
+                            h11_max_incomplete_event_size=limits.max_header_bytes)
     return GracefulServer(config)
 
 
