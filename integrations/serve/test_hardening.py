@@ -155,6 +155,44 @@ def test_slow_headers_and_half_sent_bodies_are_disconnected(serve_factory, tiny_
         assert client.post("/v1/embeddings", json=GOOD).status_code == 200
 
 
+def _half_sent(url: str, declared: int, sent: int) -> socket.socket:
+    sock = _connect(url, 20)
+    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " + str(declared).encode()
+                 + b"\r\n\r\n" + b'{"input": "' + b"w" * (sent - 11))
+    return sock
+
+
+def test_bodies_read_at_once_are_bounded_in_bytes(serve_factory, tiny_embedder):
+    """Two half-sent 1 MB bodies hold 1.8 MB of a 2 MB budget: a third large body is told to retry (503) instead
+    of adding to the memory held, a small request still passes, and once they go the large one is read."""
+    mib = 1024 * 1024
+    running = serve_factory(tiny_embedder, max_request_bytes=mib, max_buffered_bytes=2 * mib,
+                            limits=HttpLimits(timeout_read_s=120))
+    large = {"input": "short", "user": "u" * (600 * 1024)}  # a large body, little work
+    holders = [_half_sent(running.url, 1_000_000, 900_000) for _ in range(2)]
+    try:
+        with running.client() as client:
+            for _ in range(400):  # until the server has read what the holders sent (bounded polling)
+                refused = client.post("/v1/embeddings", json=large)
+                if refused.status_code == 503:
+                    break
+                time.sleep(0.05)
+            _error(refused, 503, "retry shortly", "busy_reading")
+            assert refused.headers["retry-after"] == "1"
+            assert client.post("/v1/embeddings", json=GOOD).status_code == 200
+    finally:
+        for sock in holders:
+            sock.close()
+    with running.client() as client:
+        for _ in range(400):  # until the server has seen the holders go
+            if client.post("/v1/embeddings", json=large).status_code == 200:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the large request was never read after the held bodies went away")
+
+
 def test_endless_headers_are_cut_off(serve_factory, tiny_embedder):
     """Headers past max_header_bytes end the connection (httptools would buffer them without a limit)."""
     running = serve_factory(tiny_embedder, limits=HttpLimits(max_header_bytes=16 * 1024))

@@ -83,6 +83,7 @@ def test_moee_serve_subprocess_answers_then_stops_on_sigterm(tiny_model_dir, tin
         (["--timeout-read", "0"], "--timeout-read must be a number of seconds in (0, 3600]"),
         (["--max-connections", "0"], "--max-connections must be a positive integer"),
         (["--max-header-bytes", "0"], "--max-header-bytes must be a positive integer"),
+        (["--max-buffered-bytes", "1000"], "max_buffered_bytes (1000) cannot be below max_request_bytes"),
         (["--limit-concurrency", "0"], "--limit-concurrency must be a positive integer"),
         (["--named-prompt", "query"], "--named-prompt takes NAME=PROMPT"),
         (["--named-prompt", "=x"], "--named-prompt takes NAME=PROMPT"),

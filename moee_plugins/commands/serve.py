@@ -48,6 +48,9 @@ def register(subparsers: Any) -> None:
     net.add_argument("--max-inputs-per-request", type=int, default=2048, help="(default: %(default)s)")
     net.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024,
                      help="largest request body; larger ones get 413 (default: %(default)s)")
+    net.add_argument("--max-buffered-bytes", type=int, default=256 * 1024 * 1024,
+                     help="request bodies being read at once, all requests together; beyond it requests get 503 + "
+                     "Retry-After (default: %(default)s)")
     net.add_argument("--max-queue-inputs", type=int, default=8192,
                      help="texts allowed to wait for the model; beyond it requests get 503 + Retry-After "
                      "(default: %(default)s)")
@@ -114,7 +117,8 @@ def settings_from(args: argparse.Namespace) -> Any:
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be a positive integer <= 65535, got {args.port}")
-    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size")
+    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_buffered_bytes", "max_queue_inputs",
+                   "replicas", "batch_size")
     budget = args.max_batch_tokens or args.max_tokens_per_batch or 8192
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
@@ -123,7 +127,8 @@ def settings_from(args: argparse.Namespace) -> Any:
                               max_queue_inputs=args.max_queue_inputs)
         return ServeSettings(model_name=args.served_model_name or served_name(args.model), api_key=api_key,
                              max_inputs_per_request=args.max_inputs_per_request,
-                             max_request_bytes=args.max_request_bytes, batch=batch,
+                             max_request_bytes=args.max_request_bytes, max_buffered_bytes=args.max_buffered_bytes,
+                             batch=batch,
                              prompts=_named_prompts(args.named_prompts), docs=args.docs, cors_origins=tuple(args.cors_origin))
     except ValueError as exc:
         raise UsageError(str(exc)) from None

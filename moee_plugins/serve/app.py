@@ -24,7 +24,7 @@ import numpy as np
 from .._extras import require
 from ..core.prompts import PRESETS, instruction_template
 from .batcher import BatchSettings, DynamicBatcher, NotReady, Overloaded
-from .http import ClientGone, read_json, served_name
+from .http import BodyBudget, ClientGone, read_json, served_name
 from .inputs import refuse_long_token_ids, refuse_truncated, texts_of, vocabulary_size
 from .metrics import ServerMetrics
 from .rerank import RERANK_ROUTES, rerank_payload
@@ -59,6 +59,7 @@ class ServeSettings:
     api_key: str | None = None
     max_inputs_per_request: int = 2048
     max_request_bytes: int = 8 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies being read at once, all requests together
     retry_after_s: int = 1
     batch: BatchSettings = field(default_factory=BatchSettings)
     # named prompts a request picks with ``prompt_name`` / ``input_type`` (None: the model's own template);
@@ -84,10 +85,13 @@ class ServeSettings:
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
-        for name in ("max_inputs_per_request", "max_request_bytes", "retry_after_s"):
+        for name in ("max_inputs_per_request", "max_request_bytes", "max_buffered_bytes", "retry_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_buffered_bytes < self.max_request_bytes:
+            raise ValueError(f"max_buffered_bytes ({self.max_buffered_bytes}) cannot be below max_request_bytes "
+                             f"({self.max_request_bytes}): a request of the largest size could never be read")
         if self.max_inputs_per_request > self.batch.max_queue_inputs:
             raise ValueError(f"max_inputs_per_request ({self.max_inputs_per_request}) cannot exceed max_queue_inputs "
                              f"({self.batch.max_queue_inputs}): such a request could never be queued")
@@ -177,6 +181,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         settings = ServeSettings(model_name=served_name(str(embedder.config.get("model") or "moee")))
     metrics = ServerMetrics()
     batcher = DynamicBatcher(embedder, settings.batch, observer=metrics)
+    budget = BodyBudget(settings.max_buffered_bytes, settings.retry_after_s)
     tokenizer: list[PromptTokenizer] = []  # made on the first request (the embedder may still be loading before)
     key_digest = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
     retry = {"Retry-After": str(settings.retry_after_s)}
@@ -302,7 +307,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     @app.post("/v1/embeddings", dependencies=[fastapi.Depends(authorize)])
     async def embeddings(request: fastapi.Request) -> Any:
         try:
-            body = await read_json(request, settings.max_request_bytes)
+            body = await read_json(request, settings.max_request_bytes, budget)
         except ClientGone:
             return Response(status_code=499)
         check_model(body, settings.model_name)
@@ -339,7 +344,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     async def similarity(request: fastapi.Request) -> Any:
         """{"queries": [...], "documents": [...]} -> the mode's own similarity, one row per query."""
         try:
-            body = await read_json(request, settings.max_request_bytes)
+            body = await read_json(request, settings.max_request_bytes, budget)
         except ClientGone:
             return Response(status_code=499)
         check_model(body, settings.model_name)
@@ -363,7 +368,7 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         """A query and documents -> the documents ranked by the model's similarity to the query, the query with
         the "query" prompt and the documents with the "document" prompt."""
         try:
-            body = await read_json(request, settings.max_request_bytes)
+            body = await read_json(request, settings.max_request_bytes, budget)
         except ClientGone:
             return Response(status_code=499)
         check_model(body, settings.model_name)

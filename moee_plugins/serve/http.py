@@ -112,9 +112,27 @@ class ClientGone(Exception):
     """The client disconnected before its request was answered."""
 
 
-async def read_json(request: Any, limit: int) -> dict[str, Any]:
+class BodyBudget:
+    """Bytes of request bodies being read at once, across all requests (event-loop only, so no lock): many
+    slow or half-sent large bodies cannot add up past ``limit``; a request that would is told to retry (503)."""
+
+    def __init__(self, limit: int, retry_after_s: int = 1) -> None:
+        self.limit, self.in_use, self._retry = limit, 0, {"Retry-After": str(retry_after_s)}
+
+    def take(self, size: int) -> None:
+        if self.in_use + size > self.limit:
+            raise ApiError(503, f"the server is reading {self.in_use} bytes of other request bodies (limit "
+                           f"{self.limit}, --max-buffered-bytes); retry shortly", kind="server_error",
+                           code="busy_reading", headers=self._retry)
+        self.in_use += size
+
+    def give_back(self, size: int) -> None:
+        self.in_use -= size
+
+
+async def read_json(request: Any, limit: int, budget: BodyBudget | None = None) -> dict[str, Any]:
     """The body as a JSON object: ``application/json`` only (415), at most ``limit`` bytes (413, also without
-    a Content-Length), valid JSON (400)."""
+    a Content-Length), within the server-wide ``budget`` while it is read (503), valid JSON (400)."""
     requests = require("starlette.requests", "serve", feature="moee serve")
     check_media_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length")
@@ -123,12 +141,17 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
+            if budget is not None:
+                budget.take(len(chunk))
             size += len(chunk)
             if size > limit:
                 raise too_large(size, limit)
             chunks.append(chunk)
     except requests.ClientDisconnect:
         raise ClientGone from None
+    finally:
+        if budget is not None:
+            budget.give_back(size)
     return decode_json(b"".join(chunks))
 
 
@@ -144,4 +167,4 @@ def served_name(reference: str) -> str:
     return name or "moee"
 
 
-__all__ = ["ApiError", "ClientGone", "HttpLimits", "guarded_protocol", "read_json", "served_name"]
+__all__ = ["ApiError", "BodyBudget", "ClientGone", "HttpLimits", "guarded_protocol", "read_json", "served_name"]
