@@ -27,7 +27,7 @@ def test_moee_serve_subprocess_answers_then_stops_on_sigterm(tiny_model_dir, tin
     env = {**os.environ, "MOEE_API_KEY": "from-env", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "moee_plugins.cli", "serve", "--model", str(tiny_model_dir), "--mode", "hs",
                "--device", "cpu", "--port", str(port), "--log-level", "warning", "--named-prompt", "query=query: ",
-               "--timeout-read", "1"]
+               "--max-header-bytes", "4096"]
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -60,9 +60,13 @@ def test_moee_serve_subprocess_answers_then_stops_on_sigterm(tiny_model_dir, tin
         got = np.asarray([d["embedding"] for d in queries.json()["data"]])
         expected = tiny_embedder.combine(tiny_embedder.encode_parts(texts, prompt="query: "), mode="hs")
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:  # --timeout-read 1 reached uvicorn
-            slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            assert slow.recv(1024) == b""
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as big:  # --max-header-bytes reached uvicorn
+            big.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 8192 + b"\r\n\r\n")
+            try:
+                answer = big.recv(1024)
+            except ConnectionResetError:
+                answer = b""
+            assert not answer.startswith(b"HTTP/1.1 200")
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:

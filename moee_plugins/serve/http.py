@@ -69,11 +69,13 @@ def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
             super().data_received(data)
             if self._awaiting_headers():  # every byte so far belongs to unfinished headers
                 self._header_bytes = self._header_bytes + len(data) if awaiting_headers else len(data)
-                if self._header_bytes > limits.max_header_bytes and not self.transport.is_closing():
-                    self.transport.close()
-                    return
-            else:
+                too_long = self._header_bytes > limits.max_header_bytes
+            else:  # headers complete (perhaps all in this chunk): their own size
                 self._header_bytes = 0
+                too_long = awaiting_headers and sum(len(k) + len(v) + 4 for k, v in self.headers) > limits.max_header_bytes
+            if too_long and not self.transport.is_closing():
+                self.transport.close()
+                return
             if self._reading():
                 if self._read_deadline is None:
                     self._arm()
