@@ -24,7 +24,7 @@ import numpy as np
 from .._extras import require
 from ..core.prompts import PRESETS, instruction_template
 from .batcher import BatchSettings, DynamicBatcher, NotReady, Overloaded
-from .http import BodyBudget, ClientGone, read_json, served_name
+from .http import BodyBudget, ClientGone, add_docs_routes, read_json, served_name
 from .inputs import refuse_long_token_ids, refuse_truncated, texts_of, vocabulary_size
 from .metrics import ServerMetrics
 from .rerank import RERANK_ROUTES, rerank_payload
@@ -44,7 +44,6 @@ from .schemas import (
 logger = logging.getLogger("moee_plugins")
 
 ROUTES = ("/v1/embeddings", "/v1/models", "/similarity", "/health", "/metrics", *RERANK_ROUTES)
-DOCS_ROUTES = ("/docs", "/redoc", "/openapi.json")
 TRUNCATED_HEADER = "X-MoEE-Truncated"  # how many inputs were cut to max_length tokens
 TRUNCATED_INDICES_HEADER = "X-MoEE-Truncated-Indices"  # which ones (the first 256)
 _TRUNCATION_SLACK = 16  # a cut row may end a few tokens short of max_length (merges across the cut are shaved)
@@ -423,20 +422,3 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
 
     return app
 
-
-def add_docs_routes(app: Any, fastapi: Any, authorize: Callable[..., None]) -> None:
-    """``/openapi.json``, ``/docs`` (Swagger UI) and ``/redoc``, behind the same key as the API."""
-    docs = require("fastapi.openapi.docs", "serve", feature="moee serve")
-    guarded = [fastapi.Depends(authorize)]
-
-    async def openapi() -> Any:
-        return app.openapi()
-
-    async def swagger() -> Any:
-        return docs.get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
-
-    async def redoc() -> Any:
-        return docs.get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
-
-    for path, endpoint in zip(DOCS_ROUTES, (swagger, redoc, openapi), strict=True):
-        app.add_api_route(path, endpoint, methods=["GET"], dependencies=guarded, include_in_schema=False)

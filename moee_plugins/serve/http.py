@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,9 @@ def guarded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
     return GuardedHTTPProtocol
 
 
+DOCS_ROUTES = ("/docs", "/redoc", "/openapi.json")
+
+
 class ClientGone(Exception):
     """The client disconnected before its request was answered."""
 
@@ -169,4 +173,23 @@ def served_name(reference: str) -> str:
     return name or "moee"
 
 
-__all__ = ["ApiError", "BodyBudget", "ClientGone", "HttpLimits", "guarded_protocol", "read_json", "served_name"]
+def add_docs_routes(app: Any, fastapi: Any, authorize: Callable[..., None]) -> None:
+    """``/openapi.json``, ``/docs`` (Swagger UI) and ``/redoc``, behind the same key as the API."""
+    docs = require("fastapi.openapi.docs", "serve", feature="moee serve")
+    guarded = [fastapi.Depends(authorize)]
+
+    async def openapi() -> Any:
+        return app.openapi()
+
+    async def swagger() -> Any:
+        return docs.get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    async def redoc() -> Any:
+        return docs.get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+    for path, endpoint in zip(DOCS_ROUTES, (swagger, redoc, openapi), strict=True):
+        app.add_api_route(path, endpoint, methods=["GET"], dependencies=guarded, include_in_schema=False)
+
+
+__all__ = ["ApiError", "BodyBudget", "ClientGone", "HttpLimits", "add_docs_routes", "guarded_protocol", "read_json",
+           "served_name"]
