@@ -42,15 +42,17 @@ class RunningServer:
 
 
 def start_server(embedder: Any, **settings: Any) -> RunningServer:
-    """Start ``create_app(embedder, ...)`` under uvicorn on 127.0.0.1 and wait (bounded) until /health is 200."""
+    """Start ``create_app(embedder, ...)`` under uvicorn on 127.0.0.1 and wait (bounded) until /health is 200.
+    ``limits``: an :class:`~moee_plugins.serve.http.HttpLimits`; the rest are ``ServeSettings`` fields."""
     from moee_plugins.serve import BatchSettings, ServeSettings, create_app
     from moee_plugins.serve.server import make_server
 
     batch = settings.pop("batch", None) or BatchSettings()
+    limits = settings.pop("limits", None)
     app = create_app(embedder, ServeSettings(model_name=settings.pop("model_name", MODEL_NAME),
                                              api_key=settings.pop("api_key", API_KEY), batch=batch, **settings))
     port = free_port()
-    server = make_server(app, "127.0.0.1", port, log_level="warning", graceful_timeout_s=20)
+    server = make_server(app, "127.0.0.1", port, log_level="warning", graceful_timeout_s=20, limits=limits)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     running = RunningServer(app, server, thread, f"http://127.0.0.1:{port}")

@@ -91,3 +91,45 @@ def test_llama_index_openai_embedding(server, tiny_embedder):
     np.testing.assert_allclose(np.asarray(vectors), tiny_embedder.encode(TEXTS), atol=1e-6, rtol=0)
     query = model.get_query_embedding("bread recipe")
     np.testing.assert_allclose(query, tiny_embedder.encode("bread recipe"), atol=1e-6, rtol=0)
+
+
+def test_openai_client_token_ids_and_input_type(serve_factory, tiny_embedder):
+    """Token ids as the OpenAI API takes them (one list, or a list of lists), and a named prompt through the
+    client's ``extra_body``: each equal to in-process ``encode`` of the decoded text with that prompt."""
+    openai = pytest.importorskip("openai")
+    running = serve_factory(tiny_embedder, prompts={"query": "query: "})
+    client = openai.OpenAI(base_url=running.v1, api_key=API_KEY, max_retries=0)
+    ids = tiny_embedder.tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
+    decoded = [tiny_embedder.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    many = client.embeddings.create(model=MODEL_NAME, input=ids)  # base64, as the client asks by default
+    np.testing.assert_allclose([d.embedding for d in many.data], tiny_embedder.encode(decoded), atol=1e-6, rtol=0)
+    one = client.embeddings.create(model=MODEL_NAME, input=ids[0], encoding_format="float")
+    np.testing.assert_allclose(one.data[0].embedding, tiny_embedder.encode(decoded[0]), atol=1e-6, rtol=0)
+    queries = client.embeddings.create(model=MODEL_NAME, input=TEXTS, extra_body={"input_type": "query"})
+    np.testing.assert_allclose([d.embedding for d in queries.data], tiny_embedder.encode(TEXTS, prompt="query: "),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(openai.BadRequestError, match="is not a prompt of this server"):
+        client.embeddings.create(model=MODEL_NAME, input=TEXTS, extra_body={"input_type": "summary"})
+
+
+DOCUMENTS = ["The hockey team won the final.", "bread recipe", "GPUs for sale", "Who won the hockey game?"]
+
+
+def test_cohere_sdk_rerank(server, tiny_embedder):
+    """The official ``cohere`` SDK (v1 and v2 clients) pointed at the server: the ranking and scores equal
+    in-process ``similarity``."""
+    cohere = pytest.importorskip("cohere")
+    query = "hockey final winner"
+    expected = tiny_embedder.similarity(tiny_embedder.encode([query]), tiny_embedder.encode(DOCUMENTS))[0]
+    order = sorted(range(len(DOCUMENTS)), key=lambda i: -expected[i])
+    v1 = cohere.Client(api_key=API_KEY, base_url=server.url)
+    ranked = v1.rerank(model=MODEL_NAME, query=query, documents=DOCUMENTS, top_n=3, return_documents=True)
+    assert [r.index for r in ranked.results] == order[:3]
+    np.testing.assert_allclose([r.relevance_score for r in ranked.results], expected[order[:3]], atol=1e-5, rtol=0)
+    assert [r.document.text for r in ranked.results] == [DOCUMENTS[i] for i in order[:3]]
+    v2 = cohere.ClientV2(api_key=API_KEY, base_url=server.url)
+    ranked = v2.rerank(model=MODEL_NAME, query=query, documents=DOCUMENTS)
+    assert [r.index for r in ranked.results] == order
+    np.testing.assert_allclose([r.relevance_score for r in ranked.results], expected[order], atol=1e-5, rtol=0)
+    with pytest.raises(cohere.errors.UnauthorizedError):
+        cohere.Client(api_key="wrong", base_url=server.url).rerank(model=MODEL_NAME, query=query, documents=DOCUMENTS)

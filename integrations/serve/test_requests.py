@@ -29,9 +29,19 @@ def _error(response, status: int, fragment: str, code: str | None = None) -> dic
         ({"input": ["ok", None]}, "'input[1]' must be a string, got null", "input"),
         ({"input": ["ok", 1.5]}, "'input[1]' must be a string, got a number", "input"),
         ({"input": [{"text": "a"}]}, "'input[0]' must be a string, got an object", "input"),
-        ({"input": {"text": "a"}}, "'input' must be a string or a list of strings, got an object", "input"),
-        ({"input": [1, 2, 3]}, "holds token ids", "input"),
-        ({"input": [[1, 2], [3]]}, "holds token ids", "input"),
+        ({"input": {"text": "a"}}, "'input' must be a string, a list of strings or token ids, got an object", "input"),
+        ({"input": [[1, 2], []]}, "'input[1]' is an empty list", "input"),
+        ({"input": [[1, 2], [3, "a"]]}, "'input[1]' must hold only integers (token ids)", "input"),
+        ({"input": [[1, 2], [3, True]]}, "'input[1]' must hold only integers (token ids)", "input"),
+        ({"input": [-1]}, "'input[0]' holds token id -1, outside this model's vocabulary", "input"),
+        ({"input": [[5], [10**9]]}, "'input[1]' holds token id 1000000000, outside", "input"),
+        ({"input": "a", "model": 5}, "'model' must be a string, got a number", "model"),
+        ({"input": "a", "truncate": "no"}, "'truncate' must be true or false, got 'no'", "truncate"),
+        ({"input": "a", "prompt_name": "querry"}, "'prompt_name' 'querry' is not a prompt of this server; it knows "
+         "['document', 'query']", "prompt_name"),
+        ({"input": "a", "input_type": ["query"]}, "'input_type' must be a string naming a prompt, got a list", "input_type"),
+        ({"input": "a", "input_type": "query", "prompt_name": "document"}, "name different prompts", "prompt_name"),
+        ({"input": "a", "encoding_format": ["float"]}, "'encoding_format' must be one of", "encoding_format"),
         ({"input": "a", "encoding_format": "int8"}, "'encoding_format' must be one of", "encoding_format"),
         ({"input": "a", "dimensions": 0}, "'dimensions' must be a positive integer", "dimensions"),
         ({"input": "a", "dimensions": "64"}, "'dimensions' must be a positive integer", "dimensions"),
@@ -46,8 +56,10 @@ def test_bad_embedding_bodies_are_400(server, body, fragment, param):
 
 def test_wrong_json_and_wrong_model(server):
     with server.client() as client:
-        _error(client.post("/v1/embeddings", content=b'{"input": ["a",'), 400, "not valid JSON", "invalid_json")
-        _error(client.post("/v1/embeddings", content=b""), 400, "no body", "invalid_json")
+        as_json = {"Content-Type": "application/json"}
+        _error(client.post("/v1/embeddings", content=b'{"input": ["a",', headers=as_json), 400, "not valid JSON",
+               "invalid_json")
+        _error(client.post("/v1/embeddings", content=b"", headers=as_json), 400, "no body", "invalid_json")
         _error(client.post("/v1/embeddings", json=["a", "b"]), 400, "must be a JSON object, got a list")
         _error(client.post("/v1/embeddings", json={"model": "gpt-4", "input": "a"}), 404,
                f"this server serves '{MODEL_NAME}'", "model_not_found")
@@ -63,7 +75,8 @@ def test_too_many_inputs_and_too_large_bodies(serve_factory, tiny_embedder):
         _error(client.post("/v1/embeddings", json={"input": "word " * 2000}), 413, "at most 4096", "request_too_large")
         # no Content-Length (chunked): the limit holds while reading
         chunks = iter([b'{"input": "', b"w" * 5000, b'"}'])
-        _error(client.post("/v1/embeddings", content=chunks), 413, "at most 4096", "request_too_large")
+        _error(client.post("/v1/embeddings", content=chunks, headers={"Content-Type": "application/json"}), 413,
+               "at most 4096", "request_too_large")
         ok = client.post("/v1/embeddings", json={"input": ["a"] * 8, "encoding_format": "float"})
         assert ok.status_code == 200 and len(ok.json()["data"]) == 8
 

@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
                      help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV} "
                      "if set, else no key)")
     net.add_argument("--served-model-name", default=None,
-                     help="the model name /v1/models lists and requests send (default: --model)")
+                     help="the model name /v1/models lists and requests send (default: the alias of moee:NAME, the "
+                     "folder's name of a local path, or the hub id; never a full path)")
     net.add_argument("--max-batch-tokens", type=int, default=None,
                      help="padded tokens (rows x longest) per merged forward pass (default: --max-tokens-per-batch, "
                      "else 8192); --batch-size caps its rows")
@@ -48,6 +49,9 @@ def register(subparsers: Any) -> None:
     net.add_argument("--max-inputs-per-request", type=int, default=2048, help="(default: %(default)s)")
     net.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024,
                      help="largest request body; larger ones get 413 (default: %(default)s)")
+    net.add_argument("--max-buffered-bytes", type=int, default=256 * 1024 * 1024,
+                     help="request bodies being read at once, all requests together; beyond it requests get 503 + "
+                     "Retry-After (default: %(default)s)")
     net.add_argument("--max-queue-inputs", type=int, default=8192,
                      help="texts allowed to wait for the model; beyond it requests get 503 + Retry-After "
                      "(default: %(default)s)")
@@ -62,6 +66,29 @@ def register(subparsers: Any) -> None:
     net.add_argument("--tokenizer-threads", type=int, default=2,
                      help="threads tokenising requests, shared round-robin between them (default: %(default)s)")
     net.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    api = parser.add_argument_group("requests")
+    api.add_argument("--named-prompt", action="append", default=[], metavar="NAME=PROMPT", dest="named_prompts",
+                     help="a named prompt requests pick with \"prompt_name\" or \"input_type\" (repeatable): an "
+                     "instruction such as 'query: ', a preset (prompteol, none, raw) or a template with {text}; "
+                     "'query' and 'document' exist by default as the model's own prompt (rerank uses both)")
+    api.add_argument("--docs", action="store_true",
+                     help="serve /docs, /redoc and /openapi.json (behind --api-key when one is set; default: off)")
+    api.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="a browser origin allowed to call the API, e.g. https://app.example.com (repeatable; "
+                     "default: none, no CORS headers)")
+    limits = parser.add_argument_group("connections")
+    limits.add_argument("--timeout-read", type=float, default=30.0,
+                        help="seconds a request's headers and body may take to arrive; slower ones are "
+                        "disconnected (default: %(default)s)")
+    limits.add_argument("--max-header-bytes", type=int, default=64 * 1024,
+                        help="largest request headers; longer ones end the connection (default: %(default)s)")
+    limits.add_argument("--max-connections", type=int, default=1024,
+                        help="open connections; more are closed as they arrive (default: %(default)s)")
+    limits.add_argument("--timeout-keep-alive", type=int, default=5,
+                        help="seconds an idle keep-alive connection stays open (uvicorn's; default: %(default)s)")
+    limits.add_argument("--limit-concurrency", type=int, default=None,
+                        help="connections + requests in flight beyond which new requests get 503 (uvicorn's; "
+                        "default: no limit but --max-connections)")
     ray_options = parser.add_argument_group("--engine ray")
     ray_options.add_argument("--engine", choices=("local", "ray"), default="local",
                              help="local: this process; ray: Ray Serve replicas (default: %(default)s)")
@@ -72,14 +99,37 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _named_prompts(pairs: list[str]) -> dict[str, str]:
+    prompts: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, prompt = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--named-prompt takes NAME=PROMPT (e.g. --named-prompt 'query=query: '), got {pair!r}")
+        prompts[name.strip()] = prompt
+    return prompts
+
+
+def limits_from(args: argparse.Namespace) -> Any:
+    """The connection limits the flags describe (``UsageError`` on a bad value)."""
+    from ..serve.http import HttpLimits
+
+    check_positive(args, "max_header_bytes", "max_connections", "timeout_keep_alive", "limit_concurrency")
+    if not 0 < args.timeout_read <= 3600:
+        raise UsageError(f"--timeout-read must be a number of seconds in (0, 3600], got {args.timeout_read}")
+    return HttpLimits(timeout_read_s=args.timeout_read, max_header_bytes=args.max_header_bytes,
+                      max_connections=args.max_connections,
+                      timeout_keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
+
+
 def settings_from(args: argparse.Namespace) -> Any:
     """The server settings the flags describe (``UsageError`` on a bad value)."""
     from ..serve import BatchSettings, ServeSettings
+    from ..serve.http import served_name
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be a positive integer <= 65535, got {args.port}")
-    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_queue_inputs", "replicas", "batch_size",
-                   "max_queue_tokens", "tokenizer_threads")
+    check_positive(args, "max_inputs_per_request", "max_request_bytes", "max_buffered_bytes", "max_queue_inputs",
+                   "replicas", "batch_size", "max_queue_tokens", "tokenizer_threads")
     for flag in ("request_timeout", "stall_timeout"):
         if not getattr(args, flag) > 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}")
@@ -90,10 +140,12 @@ def settings_from(args: argparse.Namespace) -> Any:
                               max_wait_ms=args.max_wait_ms,
                               max_queue_inputs=args.max_queue_inputs, max_queue_tokens=args.max_queue_tokens,
                               stall_after_s=args.stall_timeout)
-        return ServeSettings(model_name=args.served_model_name or args.model, api_key=api_key,
+        return ServeSettings(model_name=args.served_model_name or served_name(args.model), api_key=api_key,
                              max_inputs_per_request=args.max_inputs_per_request,
-                             max_request_bytes=args.max_request_bytes, batch=batch,
-                             request_timeout_s=args.request_timeout, tokenizer_threads=args.tokenizer_threads)
+                             max_request_bytes=args.max_request_bytes, max_buffered_bytes=args.max_buffered_bytes,
+                             batch=batch, request_timeout_s=args.request_timeout,
+                             tokenizer_threads=args.tokenizer_threads, prompts=_named_prompts(args.named_prompts),
+                             docs=args.docs, cors_origins=tuple(args.cors_origin))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -103,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = embedder_kwargs(args)
         settings = settings_from(args)
+        limits = limits_from(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -120,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         return build_embedder(args.model, owner="moee serve", **options)
 
     app = create_app(load, settings)
-    server = make_server(app, args.host, args.port, log_level=args.log_level)
+    server = make_server(app, args.host, args.port, log_level=args.log_level, limits=limits)
     failed = threading.Event()
 
     def stop_if_load_fails() -> None:

@@ -1,8 +1,8 @@
-"""The HTTP API of ``moee serve``: OpenAI's ``/v1/embeddings`` and ``/v1/models``, plus ``/similarity``,
-``/health`` and ``/metrics``, over a :class:`~moee_plugins.serve.batcher.DynamicBatcher`.
+"""The HTTP API of ``moee serve``: OpenAI's ``/v1/embeddings`` and ``/v1/models``, ``/v1/rerank`` (Cohere/Jina/TEI
+shape), plus ``/similarity``, ``/health`` and ``/metrics``, over a :class:`~moee_plugins.serve.batcher.DynamicBatcher`.
 
-Request bodies are parsed here rather than by pydantic models so that every refusal names the field and
-the problem in OpenAI's error shape (``{"error": {"message", "type", "param", "code"}}``).
+Request bodies are parsed by :mod:`~moee_plugins.serve.schemas` so that every refusal names the field and the
+problem in OpenAI's error shape (``{"error": {"message", "type", "param", "code"}}``).
 """
 
 # no "from __future__ import annotations": FastAPI reads the handlers' annotations at run time
@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,29 @@ import numpy as np
 
 from .._extras import require
 from ..core.chunking import encode_request
+from ..core.prompts import PRESETS, instruction_template
 from .batcher import BatchFailed, BatchSettings, DynamicBatcher, NotReady, Overloaded, WorkerStopped
+from .http import BodyBudget, ClientGone, add_docs_routes, read_json, served_name
+from .inputs import refuse_long_token_ids, refuse_truncated, texts_of, vocabulary_size
 from .metrics import ServerMetrics
+from .rerank import RERANK_ROUTES, rerank_payload
+from .schemas import (
+    ApiError,
+    check_model,
+    check_token_ids,
+    encoding_format,
+    flag,
+    parse_inputs,
+    parse_rerank,
+    parse_texts,
+    prompt_name,
+    shown,
+)
 from .tokenizing import TokenizerPool
 
 logger = logging.getLogger("moee_plugins")
 
-ROUTES = ("/v1/embeddings", "/v1/models", "/similarity", "/health", "/metrics")
-ENCODING_FORMATS = ("float", "base64")
+ROUTES = ("/v1/embeddings", "/v1/models", "/similarity", "/health", "/metrics", *RERANK_ROUTES)
 TRUNCATED_HEADER = "X-MoEE-Truncated"  # how many inputs were cut to max_length tokens
 TRUNCATED_INDICES_HEADER = "X-MoEE-Truncated-Indices"  # which ones (the first 256)
 
@@ -44,88 +59,50 @@ class ServeSettings:
     api_key: str | None = None
     max_inputs_per_request: int = 2048
     max_request_bytes: int = 8 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies being read at once, all requests together
     retry_after_s: int = 1
     batch: BatchSettings = field(default_factory=BatchSettings)
     request_timeout_s: float = 300.0  # tokenising + queueing + the model; past it: 504 and the rows are dropped
     tokenizer_threads: int = 2
+    # named prompts a request picks with ``prompt_name`` / ``input_type`` (None: the model's own template);
+    # "query" and "document" always exist
+    prompts: Mapping[str, str | None] = field(default_factory=dict)
+    docs: bool = False  # /docs, /redoc, /openapi.json (behind the key when there is one)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS headers at all
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ValueError("model_name must be a non-empty string")
+        prompts = {"query": None, "document": None, **dict(self.prompts)}
+        for name, prompt in prompts.items():
+            if not isinstance(name, str) or not name or (prompt is not None and not isinstance(prompt, str)):
+                raise ValueError(f"prompts must map names to prompt strings, got {name!r}: {prompt!r}")
+            try:
+                instruction_template(PRESETS["raw"], prompt)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"prompt {name!r}: {exc}") from None
+        object.__setattr__(self, "prompts", prompts)
+        if isinstance(self.cors_origins, str) or not all(isinstance(o, str) and o for o in self.cors_origins):
+            raise ValueError(f"cors_origins must be a sequence of origins, got {self.cors_origins!r}")
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
         if isinstance(self.request_timeout_s, bool) or not isinstance(self.request_timeout_s, (int, float)) \
                 or not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s!r}")
-        for name in ("max_inputs_per_request", "max_request_bytes", "retry_after_s", "tokenizer_threads"):
+        for name in ("max_inputs_per_request", "max_request_bytes", "max_buffered_bytes", "retry_after_s",
+                     "tokenizer_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_buffered_bytes < self.max_request_bytes:
+            raise ValueError(f"max_buffered_bytes ({self.max_buffered_bytes}) cannot be below max_request_bytes "
+                             f"({self.max_request_bytes}): a request of the largest size could never be read")
         if self.max_inputs_per_request > self.batch.max_queue_inputs:
             raise ValueError(f"max_inputs_per_request ({self.max_inputs_per_request}) cannot exceed max_queue_inputs "
                              f"({self.batch.max_queue_inputs}): such a request could never be queued")
 
 
-class ApiError(Exception):
-    """A refusal with its HTTP status, in OpenAI's error shape."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# ---------------------------------------------------------------------------------------------- parsing
-def parse_texts(value: Any, param: str, limit: int) -> list[str]:
-    """A string or a non-empty list of non-empty strings, at most ``limit`` of them."""
-    if value is None:
-        raise ApiError(400, f"'{param}' is required: a string or a list of strings", param=param, code="missing")
-    if isinstance(value, str):
-        value = [value]
-    elif not isinstance(value, list):
-        raise ApiError(400, f"'{param}' must be a string or a list of strings, got {_json_type(value)}", param=param)
-    if not value:
-        raise ApiError(400, f"'{param}' must not be an empty list", param=param)
-    if len(value) > limit:
-        raise ApiError(400, f"'{param}' holds {len(value)} inputs; this server takes at most {limit} per request: "
-                       "split it into several requests", param=param, code="too_many_inputs")
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            if not item:
-                raise ApiError(400, f"'{param}[{i}]' is an empty string: every input needs some text", param=param)
-            continue
-        if _is_token_ids(item):
-            raise ApiError(400, f"'{param}' holds token ids; this server embeds text only (its tokens depend on the "
-                           "MoEE prompt): send the texts as strings", param=param, code="token_ids_not_supported")
-        raise ApiError(400, f"'{param}[{i}]' must be a string, got {_json_type(item)}", param=param)
-    return value
-
-
-def _is_token_ids(item: Any) -> bool:
-    if isinstance(item, bool):
-        return False
-    if isinstance(item, int):
-        return True
-    return isinstance(item, list) and bool(item) and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _encoding_format(body: dict[str, Any]) -> str:
-    fmt = body.get("encoding_format")
-    if fmt is None:
-        return "float"
-    if fmt not in ENCODING_FORMATS:
-        raise ApiError(400, f"'encoding_format' must be one of {list(ENCODING_FORMATS)}, got {fmt!r}",
-                       param="encoding_format")
-    return fmt
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -154,42 +131,11 @@ class _RequestMetrics:
             self.metrics.observe_request(route, status, time.perf_counter() - started)
 
 
-class _ClientGone(Exception):
-    pass
-
-
 def _incident(what: str, exc: BaseException | None = None) -> str:
     """Log an internal failure under a fresh id and return the id: clients get the id, never the details."""
     incident = uuid.uuid4().hex[:12]
     logger.error("moee serve: %s [incident %s]", what, incident, exc_info=exc)
     return incident
-
-
-async def _read_json(request: Any, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw:
-        raise ApiError(400, "the request has no body: send a JSON object", code="invalid_json")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object, got {_json_type(body)}", code="invalid_json")
-    return body
-
-
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(413, f"the request body has {size} bytes or more; this server takes at most {limit} "
-                    "(--max-request-bytes): send fewer or shorter texts per request", code="request_too_large")
 
 
 def _embeddings_json(vectors: np.ndarray, fmt: str, model_name: str, tokens: int) -> bytes:
@@ -220,7 +166,7 @@ async def _until_done(request: Any, future: Any, deadline: float, metrics: Serve
         future.cancel()  # now, not when the loop gets to it: its rows must not be picked for a forward pass
         waiter.cancel()
         if watcher in done:
-            raise _ClientGone
+            raise ClientGone
         metrics.timeouts.inc()
         raise ApiError(504, "the request was not answered within the server's time limit (--request-timeout): "
                        "retry later or send fewer texts per request", kind="server_error", code="timeout")
@@ -262,9 +208,10 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     if settings is None:
         if callable(embedder):
             raise ValueError("create_app(loader) needs settings=ServeSettings(model_name=...)")
-        settings = ServeSettings(model_name=str(embedder.config.get("model") or "moee"))
+        settings = ServeSettings(model_name=served_name(str(embedder.config.get("model") or "moee")))
     metrics = ServerMetrics()
     batcher = DynamicBatcher(embedder, settings.batch, observer=metrics)
+    budget = BodyBudget(settings.max_buffered_bytes, settings.retry_after_s)
     tokenizer: list[TokenizerPool] = []  # made on the first request (the embedder may still be loading before)
     key_digest = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
     retry = {"Retry-After": str(settings.retry_after_s)}
@@ -278,13 +225,19 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         for pool in tokenizer:
             pool.close()
 
-    app = fastapi.FastAPI(title="moee serve", summary="MoEE embeddings, OpenAI-compatible", lifespan=lifespan)
+    # the built-in docs routes take no dependencies: off here, served below behind the key when --docs is given
+    app = fastapi.FastAPI(title="moee serve", summary="MoEE embeddings, OpenAI-compatible", lifespan=lifespan,
+                          docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
     app.add_middleware(_RequestMetrics, metrics=metrics)
+    if settings.cors_origins:
+        cors = require("starlette.middleware.cors", "serve", feature="moee serve")
+        app.add_middleware(cors.CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Any, exc: ApiError) -> Any:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return Response(exc.encoded(), status_code=exc.status, headers=exc.headers, media_type="application/json")
 
     @app.exception_handler(starlette_exceptions.HTTPException)
     async def _http_error(_request: Any, exc: Any) -> Any:
@@ -321,19 +274,13 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         raise ApiError(503, "the model is still loading; retry shortly", kind="server_error", code="loading",
                        headers=retry)
 
-    def check_model(body: dict[str, Any]) -> None:
-        model = body.get("model")
-        if model is not None and model != settings.model_name:
-            raise ApiError(404, f"model {model!r} is not served here; this server serves {settings.model_name!r}",
-                           param="model", code="model_not_found")
-
     def dimensions_of(body: dict[str, Any], embedder: Any) -> int | None:
         """None for full vectors, else a supported reduced dimension."""
         value = body.get("dimensions")
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ApiError(400, f"'dimensions' must be a positive integer, got {value!r}", param="dimensions")
+            raise ApiError(400, f"'dimensions' must be a positive integer, got {shown(value)}", param="dimensions")
         if value == embedder.dim:
             return None
         if batcher.supports_dimensions(value):
@@ -341,12 +288,13 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         reduced = sorted(embedder.supported_dimensions)
         offer = f"{embedder.dim}" + (f" or one of the reduced sizes {reduced}" if reduced else
                                      " (this model has no reduced dimensions fitted)")
-        raise ApiError(400, f"dimensions={value} is not available: ask for {offer}", param="dimensions",
+        raise ApiError(400, f"dimensions={shown(value)} is not available: ask for {offer}", param="dimensions",
                        code="unsupported_dimensions")
 
-    async def embed(request: Any, embedder: Any, texts: list[str], dimensions: int | None
-                    ) -> tuple[np.ndarray, int, list[int]]:
-        """Vectors (input order), tokens used and the indices of truncated inputs, via the batcher."""
+    async def embed(request: Any, embedder: Any, texts: list[str], dimensions: int | None, *,
+                    prompt: str | None = None, truncate: bool = True) -> tuple[np.ndarray, int, list[int]]:
+        """Vectors (input order), tokens used and the indices of truncated inputs, via the batcher.
+        ``prompt``: as :meth:`MoEEmbedder.prompt_for` takes it; ``truncate=False`` refuses over-long inputs."""
         if getattr(embedder, "long_texts", "truncate") == "chunk":  # windows pooled per text (core/chunking.py)
             vectors, tokens = await concurrency.run_in_threadpool(encode_request, embedder, texts, dimensions)
             metrics.inputs.inc(len(texts))
@@ -355,7 +303,10 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         deadline = time.monotonic() + settings.request_timeout_s
         if not tokenizer:  # no await in between: one pool, however many first requests arrive together
             tokenizer.append(TokenizerPool(embedder, settings.tokenizer_threads))
-        token_ids, truncated = await _until_done(request, tokenizer[0].submit(texts), deadline, metrics)
+        token_ids, truncated = await _until_done(request, tokenizer[0].submit(texts, prompt), deadline, metrics)
+        if not truncate:
+            await concurrency.run_in_threadpool(refuse_truncated, embedder, embedder.prompt_for(prompt), texts,
+                                                truncated)
         try:
             future = batcher.submit(token_ids, dimensions)
         except Overloaded as exc:
@@ -378,17 +329,34 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             headers[TRUNCATED_INDICES_HEADER] = ",".join(map(str, truncated[:256]))
         return headers
 
+    def prompt_of(body: dict[str, Any]) -> str | None:
+        name = prompt_name(body, settings.prompts)
+        return None if name is None else settings.prompts[name]
+
     @app.post("/v1/embeddings", dependencies=[fastapi.Depends(authorize)])
     async def embeddings(request: fastapi.Request) -> Any:
-        body = await _read_json(request, settings.max_request_bytes)
-        check_model(body)
-        texts = parse_texts(body.get("input"), "input", settings.max_inputs_per_request)
-        fmt = _encoding_format(body)
+        try:
+            body = await read_json(request, settings.max_request_bytes, budget)
+        except ClientGone:
+            return Response(status_code=499)
+        check_model(body, settings.model_name)
+        items = parse_inputs(body.get("input"), "input", settings.max_inputs_per_request)
+        fmt = encoding_format(body)
+        prompt = prompt_of(body)
+        truncate = flag(body, "truncate", True)
         embedder = require_ready()
         dimensions = dimensions_of(body, embedder)
+        if any(isinstance(item, list) for item in items):
+            check_token_ids(items, vocabulary_size(embedder))
+            if not truncate:
+                refuse_long_token_ids(embedder, items)
+            texts = await concurrency.run_in_threadpool(texts_of, embedder, items)
+        else:
+            texts = items
         try:
-            vectors, tokens, truncated = await embed(request, embedder, texts, dimensions)
-        except _ClientGone:
+            vectors, tokens, truncated = await embed(request, embedder, texts, dimensions, prompt=prompt,
+                                                     truncate=truncate)
+        except ClientGone:
             return Response(status_code=499)
         content = await concurrency.run_in_threadpool(_embeddings_json, vectors, fmt, settings.model_name, tokens)
         return Response(content, media_type="application/json", headers=truncation_headers(truncated))
@@ -396,8 +364,11 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     @app.post("/similarity", dependencies=[fastapi.Depends(authorize)])
     async def similarity(request: fastapi.Request) -> Any:
         """{"queries": [...], "documents": [...]} -> the mode's own similarity, one row per query."""
-        body = await _read_json(request, settings.max_request_bytes)
-        check_model(body)
+        try:
+            body = await read_json(request, settings.max_request_bytes, budget)
+        except ClientGone:
+            return Response(status_code=499)
+        check_model(body, settings.model_name)
         queries = parse_texts(body.get("queries"), "queries", settings.max_inputs_per_request)
         documents = parse_texts(body.get("documents"), "documents", settings.max_inputs_per_request)
         if len(queries) + len(documents) > settings.max_inputs_per_request:
@@ -406,13 +377,47 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         embedder = require_ready()
         try:
             vectors, tokens, truncated = await embed(request, embedder, queries + documents, None)
-        except _ClientGone:
+        except ClientGone:
             return Response(status_code=499)
         scores = embedder.similarity(vectors[: len(queries)], vectors[len(queries) :])
         payload = {"object": "similarity", "model": settings.model_name, "mode": embedder.mode,
                    "data": np.asarray(scores, dtype=np.float32).tolist(),
                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         return JSONResponse(payload, headers=truncation_headers(truncated))
+
+    async def rerank(request: fastapi.Request) -> Any:
+        """A query and documents -> the documents ranked by the model's similarity to the query, the query with
+        the "query" prompt and the documents with the "document" prompt."""
+        try:
+            body = await read_json(request, settings.max_request_bytes, budget)
+        except ClientGone:
+            return Response(status_code=499)
+        check_model(body, settings.model_name)
+        parsed = parse_rerank(body, settings.max_inputs_per_request)
+        embedder = require_ready()
+        query_prompt, document_prompt = settings.prompts["query"], settings.prompts["document"]
+        try:
+            if query_prompt == document_prompt:  # one trip through the queue
+                vectors, tokens, truncated = await embed(request, embedder, [parsed.query, *parsed.documents], None,
+                                                         prompt=query_prompt)
+                query, documents = vectors[:1], vectors[1:]
+                truncated = [i - 1 for i in truncated if i > 0]
+            else:
+                query, tokens_q, _ = await embed(request, embedder, [parsed.query], None, prompt=query_prompt)
+                documents, tokens, truncated = await embed(request, embedder, parsed.documents, None,
+                                                           prompt=document_prompt)
+                tokens += tokens_q
+        except ClientGone:
+            return Response(status_code=499)
+        scores = np.asarray(embedder.similarity(query, documents), dtype=np.float64)[0]
+        return JSONResponse(rerank_payload(parsed, scores, settings.model_name, tokens),
+                            headers=truncation_headers(truncated))
+
+    for route in RERANK_ROUTES:
+        app.add_api_route(route, rerank, methods=["POST"], dependencies=[fastapi.Depends(authorize)])
+
+    if settings.docs:
+        add_docs_routes(app, fastapi, authorize)
 
     @app.get("/v1/models", dependencies=[fastapi.Depends(authorize)])
     async def models() -> Any:
@@ -439,3 +444,4 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
         return Response(content, media_type=media_type)
 
     return app
+
