@@ -1,6 +1,6 @@
 """Compact MoEE vectors in a persistent Chroma database, through LangChain and LlamaIndex, searched from a new process.
 
-Requirements: pip install "moee-plugins[langchain,llama-index]" langchain-chroma llama-index-vector-stores-chroma
+Requirements (in a clone): pip install ".[langchain,llama-index]" langchain-chroma llama-index-vector-stores-chroma
 The default model, moee:olmoe (OLMoE-1B-7B), is downloaded from the Hugging Face Hub on first use (about 14 GB) and is
 meant for a GPU. Pass --model with a local checkpoint directory (or another alias or hub id) to run elsewhere.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,11 @@ def sibling(embedder: MoEEmbedder, **options) -> MoEEmbedder:
 def reference_states(embedder: MoEEmbedder, text: str) -> tuple[torch.Tensor, ...]:
     """Every layer's state at the last token, from the model's own ``output_hidden_states`` (one text, no pads)."""
     ids = torch.tensor([embedder.tokenize([text])[0]])
+    # on a copy: transformers leaves output-capturing hooks on a model asked for its hidden states, and those
+    # would make the shared session model unpicklable for later tests
+    model = copy.deepcopy(embedder.model)
     with torch.inference_mode():
-        out = embedder.model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
     return tuple(state[0, -1].float() for state in out.hidden_states)
 
 

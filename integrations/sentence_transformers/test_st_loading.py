@@ -32,7 +32,7 @@ def test_model_kwargs_carry_embedder_options_and_loading_arguments(st_hook, tiny
     })
     embedder = model[0].embedder
     assert (embedder.mode, embedder.prompt.name, embedder.alpha, embedder.max_length) == ("concat", "none", 2.0, 64)
-    assert embedder.model_kwargs == {"attn_implementation": "eager"}  # reached from_pretrained
+    assert embedder.attn_implementation == "eager"  # an embedder option now (issue 27), passed to from_pretrained
     assert embedder.model.config._attn_implementation == "eager"
     assert model.similarity_fn_name == "cosine"
     expected = tiny_embedder.combine(tiny_embedder.encode_parts(texts, prompt="none"), mode="concat")

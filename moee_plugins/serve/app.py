@@ -239,6 +239,10 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     async def _api_error(_request: Any, exc: ApiError) -> Any:
         return Response(exc.encoded(), status_code=exc.status, headers=exc.headers, media_type="application/json")
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_request: Any, _exc: ClientGone) -> Any:
+        return Response(status_code=499)  # nobody is left to read an answer; its work was dropped
+
     @app.exception_handler(starlette_exceptions.HTTPException)
     async def _http_error(_request: Any, exc: Any) -> Any:
         error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
@@ -329,17 +333,19 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             headers[TRUNCATED_INDICES_HEADER] = ",".join(map(str, truncated[:256]))
         return headers
 
+    async def body_of(request: Any) -> dict[str, Any]:
+        """The request's JSON object, read within the byte limits, for this server's model."""
+        body = await read_json(request, settings.max_request_bytes, budget)
+        check_model(body, settings.model_name)
+        return body
+
     def prompt_of(body: dict[str, Any]) -> str | None:
         name = prompt_name(body, settings.prompts)
         return None if name is None else settings.prompts[name]
 
     @app.post("/v1/embeddings", dependencies=[fastapi.Depends(authorize)])
     async def embeddings(request: fastapi.Request) -> Any:
-        try:
-            body = await read_json(request, settings.max_request_bytes, budget)
-        except ClientGone:
-            return Response(status_code=499)
-        check_model(body, settings.model_name)
+        body = await body_of(request)
         items = parse_inputs(body.get("input"), "input", settings.max_inputs_per_request)
         fmt = encoding_format(body)
         prompt = prompt_of(body)
@@ -353,32 +359,21 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
             texts = await concurrency.run_in_threadpool(texts_of, embedder, items)
         else:
             texts = items
-        try:
-            vectors, tokens, truncated = await embed(request, embedder, texts, dimensions, prompt=prompt,
-                                                     truncate=truncate)
-        except ClientGone:
-            return Response(status_code=499)
+        vectors, tokens, truncated = await embed(request, embedder, texts, dimensions, prompt=prompt, truncate=truncate)
         content = await concurrency.run_in_threadpool(_embeddings_json, vectors, fmt, settings.model_name, tokens)
         return Response(content, media_type="application/json", headers=truncation_headers(truncated))
 
     @app.post("/similarity", dependencies=[fastapi.Depends(authorize)])
     async def similarity(request: fastapi.Request) -> Any:
         """{"queries": [...], "documents": [...]} -> the mode's own similarity, one row per query."""
-        try:
-            body = await read_json(request, settings.max_request_bytes, budget)
-        except ClientGone:
-            return Response(status_code=499)
-        check_model(body, settings.model_name)
+        body = await body_of(request)
         queries = parse_texts(body.get("queries"), "queries", settings.max_inputs_per_request)
         documents = parse_texts(body.get("documents"), "documents", settings.max_inputs_per_request)
         if len(queries) + len(documents) > settings.max_inputs_per_request:
             raise ApiError(400, f"{len(queries) + len(documents)} texts in all; this server takes at most "
                            f"{settings.max_inputs_per_request} per request", code="too_many_inputs")
         embedder = require_ready()
-        try:
-            vectors, tokens, truncated = await embed(request, embedder, queries + documents, None)
-        except ClientGone:
-            return Response(status_code=499)
+        vectors, tokens, truncated = await embed(request, embedder, queries + documents, None)
         scores = embedder.similarity(vectors[: len(queries)], vectors[len(queries) :])
         payload = {"object": "similarity", "model": settings.model_name, "mode": embedder.mode,
                    "data": np.asarray(scores, dtype=np.float32).tolist(),
@@ -388,27 +383,20 @@ def create_app(embedder: Any, settings: ServeSettings | None = None) -> Any:
     async def rerank(request: fastapi.Request) -> Any:
         """A query and documents -> the documents ranked by the model's similarity to the query, the query with
         the "query" prompt and the documents with the "document" prompt."""
-        try:
-            body = await read_json(request, settings.max_request_bytes, budget)
-        except ClientGone:
-            return Response(status_code=499)
-        check_model(body, settings.model_name)
+        body = await body_of(request)
         parsed = parse_rerank(body, settings.max_inputs_per_request)
         embedder = require_ready()
         query_prompt, document_prompt = settings.prompts["query"], settings.prompts["document"]
-        try:
-            if query_prompt == document_prompt:  # one trip through the queue
-                vectors, tokens, truncated = await embed(request, embedder, [parsed.query, *parsed.documents], None,
-                                                         prompt=query_prompt)
-                query, documents = vectors[:1], vectors[1:]
-                truncated = [i - 1 for i in truncated if i > 0]
-            else:
-                query, tokens_q, _ = await embed(request, embedder, [parsed.query], None, prompt=query_prompt)
-                documents, tokens, truncated = await embed(request, embedder, parsed.documents, None,
-                                                           prompt=document_prompt)
-                tokens += tokens_q
-        except ClientGone:
-            return Response(status_code=499)
+        if query_prompt == document_prompt:  # one trip through the queue
+            vectors, tokens, truncated = await embed(request, embedder, [parsed.query, *parsed.documents], None,
+                                                     prompt=query_prompt)
+            query, documents = vectors[:1], vectors[1:]
+            truncated = [i - 1 for i in truncated if i > 0]
+        else:
+            query, tokens_q, _ = await embed(request, embedder, [parsed.query], None, prompt=query_prompt)
+            documents, tokens, truncated = await embed(request, embedder, parsed.documents, None,
+                                                       prompt=document_prompt)
+            tokens += tokens_q
         scores = np.asarray(embedder.similarity(query, documents), dtype=np.float64)[0]
         return JSONResponse(rerank_payload(parsed, scores, settings.model_name, tokens),
                             headers=truncation_headers(truncated))

@@ -123,7 +123,10 @@ class BodyBudget:
     slow or half-sent large bodies cannot add up past ``limit``; a request that would is told to retry (503)."""
 
     def __init__(self, limit: int, retry_after_s: int = 1) -> None:
-        self.limit, self.in_use, self._retry = limit, 0, {"Retry-After": str(retry_after_s)}
+        # the refused body is left unread, so the connection cannot carry another request: say so (Connection:
+        # close), or a client reusing it would find it gone
+        self.limit, self.in_use = limit, 0
+        self._retry = {"Retry-After": str(retry_after_s), "Connection": "close"}
 
     def take(self, size: int) -> None:
         if self.in_use + size > self.limit:
