@@ -92,6 +92,22 @@ def tiny_statistics(tiny_embedder):
 
 
 @pytest.fixture
+def fast(monkeypatch, tiny_statistics):
+    """``moee embed`` runs skip their (deterministic, tested in test_embed_cli) calibration: every embedder the
+    command builds gets the session's statistics."""
+    from moee_plugins.commands import embed as embed_command
+
+    original = embed_command.build_embedder
+
+    def build(args):
+        embedder = original(args)
+        embedder.set_statistics(tiny_statistics)
+        return embedder
+
+    monkeypatch.setattr(embed_command, "build_embedder", build)
+
+
+@pytest.fixture
 def hostile_model(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     """(folder, marker) for the security tests: a copy of the tiny model whose ``config.json`` names its own code
     (``auto_map``); importing that code writes ``marker``. Loading the folder must never create ``marker`` unless

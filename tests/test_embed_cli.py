@@ -52,19 +52,6 @@ def expected(tiny_embedder) -> np.ndarray:
     return tiny_embedder.encode(DOCS)
 
 
-@pytest.fixture
-def fast(monkeypatch, tiny_embedder):
-    """Skip the (deterministic, tested below) calibration: every CLI run gets the fixture's statistics."""
-    original = embed_command.build_embedder
-
-    def build(args):
-        embedder = original(args)
-        embedder.set_statistics(tiny_embedder.statistics)
-        return embedder
-
-    monkeypatch.setattr(embed_command, "build_embedder", build)
-
-
 def cli(*args: str) -> int:
     return main(["embed", *map(str, args), "--device", "cpu", "-q"])
 

@@ -31,19 +31,6 @@ def no_model(monkeypatch):
     monkeypatch.setattr(embed_command, "build_embedder", refuse)
 
 
-@pytest.fixture
-def fast(monkeypatch, tiny_embedder):
-    """The CLI's embedder gets the session's statistics (no calibration)."""
-    original = embed_command.build_embedder
-
-    def build(args):
-        embedder = original(args)
-        embedder.set_statistics(tiny_embedder.statistics)
-        return embedder
-
-    monkeypatch.setattr(embed_command, "build_embedder", build)
-
-
 def embed(*args: object) -> int:
     return main(["embed", *map(str, args), "--device", "cpu", "-q"])
 

@@ -87,3 +87,14 @@ class GatedEmbedder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._embedder, name)
+
+
+def assert_error(response: Any, status: int, fragment: str, code: str | None = None) -> dict:
+    """The response is an OpenAI-shaped error of ``status`` whose message says ``fragment`` (and has ``code``)."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"], error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error

@@ -9,22 +9,12 @@ import socket
 import time
 
 import pytest
-from serve_helpers import API_KEY, MODEL_NAME
+from serve_helpers import API_KEY, MODEL_NAME, assert_error
 
 from moee_plugins.serve.http import HttpLimits, served_name
 
 GOOD = {"model": MODEL_NAME, "input": ["still serving"], "encoding_format": "float"}
 JSON = {"Content-Type": "application/json"}
-
-
-def _error(response, status: int, fragment: str, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert fragment in error["message"], error["message"]
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 @pytest.mark.parametrize(
@@ -48,7 +38,7 @@ def test_malformed_bodies_are_400_never_500(server, raw, fragment):
     with server.client() as client:
         response = client.post("/v1/embeddings", content=raw, headers=JSON)
         assert response.status_code in (400, 404), response.text
-        _error(response, response.status_code, fragment)
+        assert_error(response, response.status_code, fragment)
         assert client.post("/v1/embeddings", json=GOOD).status_code == 200
 
 
@@ -61,7 +51,7 @@ def test_only_json_bodies_are_read(server, route, content_type):
     body = b'{"input": "a", "queries": "a", "documents": ["b"], "query": "a"}'
     with server.client() as client:
         headers = {} if content_type is None else {"Content-Type": content_type}
-        _error(client.post(route, content=body, headers=headers), 415, "Content-Type: application/json",
+        assert_error(client.post(route, content=body, headers=headers), 415, "Content-Type: application/json",
                "unsupported_media_type")
         ok = client.post(route, content=body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
         assert ok.status_code == 200, ok.text
@@ -70,11 +60,11 @@ def test_only_json_bodies_are_read(server, route, content_type):
 def test_docs_are_off_by_default_and_behind_the_key_when_on(server, serve_factory, tiny_embedder):
     with server.client() as client:
         for route in ("/docs", "/redoc", "/openapi.json"):
-            _error(client.get(route), 404, "Not Found")
+            assert_error(client.get(route), 404, "Not Found")
     with_docs = serve_factory(tiny_embedder, docs=True)
     with with_docs.client(key=None) as anonymous, with_docs.client() as client:
         for route in ("/docs", "/redoc", "/openapi.json"):
-            _error(anonymous.get(route), 401, "invalid or missing API key")
+            assert_error(anonymous.get(route), 401, "invalid or missing API key")
             assert client.get(route).status_code == 200
         assert "/v1/rerank" in client.get("/openapi.json").json()["paths"]
     keyless = serve_factory(tiny_embedder, docs=True, api_key=None)
@@ -181,7 +171,7 @@ def test_bodies_read_at_once_are_bounded_in_bytes(serve_factory, tiny_embedder):
                 if refused.status_code == 503:
                     break
                 time.sleep(0.05)
-            _error(refused, 503, "retry shortly", "busy_reading")
+            assert_error(refused, 503, "retry shortly", "busy_reading")
             assert refused.headers["retry-after"] == "1"
             assert client.post("/v1/embeddings", json=GOOD).status_code == 200
     finally:

@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serve_helpers import API_KEY, MODEL_NAME
+from serve_helpers import API_KEY, MODEL_NAME, assert_error
 
 GOOD = {"model": MODEL_NAME, "input": ["still serving", "fine"], "encoding_format": "float"}
-
-
-def _error(response, status: int, fragment: str, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert fragment in error["message"], error["message"]
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 @pytest.mark.parametrize(
@@ -49,7 +39,7 @@ def _error(response, status: int, fragment: str, code: str | None = None) -> dic
 )
 def test_bad_embedding_bodies_are_400(server, body, fragment, param):
     with server.client() as client:
-        error = _error(client.post("/v1/embeddings", json=body), 400, fragment)
+        error = assert_error(client.post("/v1/embeddings", json=body), 400, fragment)
         assert error["param"] == param and error["type"] == "invalid_request_error"
         assert client.post("/v1/embeddings", json=GOOD).status_code == 200
 
@@ -57,25 +47,25 @@ def test_bad_embedding_bodies_are_400(server, body, fragment, param):
 def test_wrong_json_and_wrong_model(server):
     with server.client() as client:
         as_json = {"Content-Type": "application/json"}
-        _error(client.post("/v1/embeddings", content=b'{"input": ["a",', headers=as_json), 400, "not valid JSON",
+        assert_error(client.post("/v1/embeddings", content=b'{"input": ["a",', headers=as_json), 400, "not valid JSON",
                "invalid_json")
-        _error(client.post("/v1/embeddings", content=b"", headers=as_json), 400, "no body", "invalid_json")
-        _error(client.post("/v1/embeddings", json=["a", "b"]), 400, "must be a JSON object, got a list")
-        _error(client.post("/v1/embeddings", json={"model": "gpt-4", "input": "a"}), 404,
+        assert_error(client.post("/v1/embeddings", content=b"", headers=as_json), 400, "no body", "invalid_json")
+        assert_error(client.post("/v1/embeddings", json=["a", "b"]), 400, "must be a JSON object, got a list")
+        assert_error(client.post("/v1/embeddings", json={"model": "gpt-4", "input": "a"}), 404,
                f"this server serves '{MODEL_NAME}'", "model_not_found")
-        _error(client.get("/v1/embeddings"), 405, "Method Not Allowed")
-        _error(client.get("/v2/nothing"), 404, "Not Found", "not_found")
+        assert_error(client.get("/v1/embeddings"), 405, "Method Not Allowed")
+        assert_error(client.get("/v2/nothing"), 404, "Not Found", "not_found")
         assert client.post("/v1/embeddings", json=GOOD).status_code == 200
 
 
 def test_too_many_inputs_and_too_large_bodies(serve_factory, tiny_embedder):
     running = serve_factory(tiny_embedder, max_inputs_per_request=8, max_request_bytes=4096)
     with running.client() as client:
-        _error(client.post("/v1/embeddings", json={"input": ["a"] * 9}), 400, "at most 8 per request", "too_many_inputs")
-        _error(client.post("/v1/embeddings", json={"input": "word " * 2000}), 413, "at most 4096", "request_too_large")
+        assert_error(client.post("/v1/embeddings", json={"input": ["a"] * 9}), 400, "at most 8 per request", "too_many_inputs")
+        assert_error(client.post("/v1/embeddings", json={"input": "word " * 2000}), 413, "at most 4096", "request_too_large")
         # no Content-Length (chunked): the limit holds while reading
         chunks = iter([b'{"input": "', b"w" * 5000, b'"}'])
-        _error(client.post("/v1/embeddings", content=chunks, headers={"Content-Type": "application/json"}), 413,
+        assert_error(client.post("/v1/embeddings", content=chunks, headers={"Content-Type": "application/json"}), 413,
                "at most 4096", "request_too_large")
         ok = client.post("/v1/embeddings", json={"input": ["a"] * 8, "encoding_format": "float"})
         assert ok.status_code == 200 and len(ok.json()["data"]) == 8
@@ -87,13 +77,13 @@ def test_api_key_on_every_route_but_health(server):
         for method, route in (("post", "/v1/embeddings"), ("get", "/v1/models"), ("post", "/similarity"),
                               ("get", "/metrics")):
             response = getattr(anonymous, method)(route, **({"json": GOOD} if method == "post" else {}))
-            _error(response, 401, "invalid or missing API key", "invalid_api_key")
+            assert_error(response, 401, "invalid or missing API key", "invalid_api_key")
             assert response.headers["www-authenticate"] == "Bearer"
     for key in ("wrong", API_KEY + "x", API_KEY[:-1]):
         with server.client(key=key) as client:
-            _error(client.post("/v1/embeddings", json=GOOD), 401, "invalid or missing API key")
+            assert_error(client.post("/v1/embeddings", json=GOOD), 401, "invalid or missing API key")
     with server.client(key=None, headers={"Authorization": f"Basic {API_KEY}"}) as client:
-        _error(client.post("/v1/embeddings", json=GOOD), 401, "invalid or missing API key")
+        assert_error(client.post("/v1/embeddings", json=GOOD), 401, "invalid or missing API key")
     with server.client() as client:
         assert client.post("/v1/embeddings", json=GOOD).status_code == 200
 
@@ -120,7 +110,7 @@ def test_similarity_models_and_metrics(server, tiny_embedder):
         assert body["mode"] == tiny_embedder.mode
         expected = tiny_embedder.similarity(tiny_embedder.encode(queries), tiny_embedder.encode(documents))
         np.testing.assert_allclose(body["data"], expected, atol=1e-5, rtol=0)
-        _error(client.post("/similarity", json={"queries": queries}), 400, "'documents' is required")
+        assert_error(client.post("/similarity", json={"queries": queries}), 400, "'documents' is required")
         models = client.get("/v1/models").json()
         assert models["data"][0]["id"] == MODEL_NAME and models["data"][0]["dimensions"] == tiny_embedder.dim
         text = client.get("/metrics").text
